@@ -1,0 +1,512 @@
+"""Deployable graph: the reference model rewritten so every mobile backend can lower it whole.
+
+The reference models stay exactly as the authors wrote them. This module
+builds, for one fixed input size, an export-ready copy whose numbers are the
+same (up to float summation order) and whose operators are ones ExecuTorch,
+Core ML and LiteRT lower fully:
+
+* the zoo's colour order and normalization are baked into a 1x1 convolution,
+  so the artifact takes RGB in [0, 1] (or uint8 in [0, 255]) NCHW;
+* 3x3/stride-2/pad-1 average pooling with ``count_include_pad=True`` becomes
+  a depth-wise convolution with weights 1/9 and zero padding: the padding
+  semantics are explicit and identical on every backend;
+* adaptive average pooling becomes plain pooling where the sizes divide, and
+  a product with a small constant matrix per axis where they do not;
+* BatchNorm that does not follow a convolution becomes a depth-wise 1x1
+  convolution with bias (a per-channel affine every backend fuses or runs);
+* every size (resize targets, pyramid levels, shuffle shapes) is a constant
+  computed here, so the graph carries no shape arithmetic;
+* the image pyramid for input reinforcement is computed once and shared.
+
+Each rewrite is checked against the reference in ``tests/test_deploy.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from espnet_mobile.models.blocks import BNPReLU
+from espnet_mobile.models.espnet import ESPModule, ESPNet, ESPNetEncoder
+from espnet_mobile.models.espnetv2 import (
+    EfficientPointwiseConv,
+    EfficientPyramidPool,
+    ESPNetv2Segmentation,
+    StridedEESP,
+    pyramid_size,
+)
+from espnet_mobile.zoo import Normalization, ZooEntry, get_entry
+
+INPUT_DTYPES = ("float32", "uint8")
+HEADS = ("logits", "mask")
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """What the exported graph takes and returns."""
+
+    height: int
+    width: int
+    input_dtype: str = "float32"  # "float32": RGB in [0,1]; "uint8": RGB in [0,255]
+    head: str = "logits"  # "logits": (1,C,H,W) float; "mask": (1,H,W) int32 argmax
+
+    def __post_init__(self) -> None:
+        if self.input_dtype not in INPUT_DTYPES:
+            raise ValueError(f"input_dtype must be one of {INPUT_DTYPES}, got {self.input_dtype!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+
+
+# --------------------------------------------------------------------------- rewrites
+
+
+class InputNormalization(nn.Module):
+    """RGB in [0,1] (or uint8 [0,255]) -> the authors' normalized input, as one 1x1 conv.
+
+    The conv's weight is a scaled permutation (RGB -> BGR for ESPNet v1) and
+    its bias the shifted mean, so ``conv(x) == (x[order] * range - mean) / std / divide_after``.
+    """
+
+    def __init__(self, norm: Normalization, input_dtype: str = "float32") -> None:
+        super().__init__()
+        self.uint8 = input_dtype == "uint8"
+        pixel_scale = 1.0 / 255.0 if self.uint8 else 1.0
+        order = {"RGB": (0, 1, 2), "BGR": (2, 1, 0)}[norm.color_order]
+        weight = torch.zeros(3, 3, 1, 1, dtype=torch.float64)
+        bias = torch.zeros(3, dtype=torch.float64)
+        for out_c, in_c in enumerate(order):
+            denom = norm.std[out_c] * norm.divide_after
+            weight[out_c, in_c, 0, 0] = pixel_scale * norm.pixel_range / denom
+            bias[out_c] = -norm.mean[out_c] / denom
+        self.conv = nn.Conv2d(3, 3, 1, bias=True)
+        with torch.no_grad():
+            self.conv.weight.copy_(weight.float())
+            self.conv.bias.copy_(bias.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uint8:
+            x = x.to(torch.float32)
+        return self.conv(x)
+
+
+def normalize_reference(x: torch.Tensor, norm: Normalization) -> torch.Tensor:
+    """The authors' normalization in float64 steps, for RGB [0,1] input (the reference path)."""
+    order = {"RGB": [0, 1, 2], "BGR": [2, 1, 0]}[norm.color_order]
+    x = x[:, order].double() * norm.pixel_range
+    mean = torch.tensor(norm.mean, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(norm.std, dtype=torch.float64).view(1, 3, 1, 1)
+    return ((x - mean) / std / norm.divide_after).float()
+
+
+class AvgPool3x3s2(nn.Module):
+    """3x3 average pooling, stride 2, zero padding 1, padding counted in the divisor.
+
+    Written as a depth-wise convolution with constant weights 1/9: convolution
+    zero padding is the same on every backend, unlike pooling's pad handling.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1, groups=channels, bias=False)
+        nn.init.constant_(self.conv.weight, 1.0 / 9.0)
+        self.conv.weight.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def adaptive_pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) matrix equal to 1-D adaptive average pooling from n_in to n_out.
+
+    Output i averages inputs floor(i*n_in/n_out) .. ceil((i+1)*n_in/n_out)-1.
+    """
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        start = (i * n_in) // n_out
+        end = -((-(i + 1) * n_in) // n_out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m.float()
+
+
+class FixedAdaptiveAvgPool2d(nn.Module):
+    """Adaptive average pooling between two fixed sizes, as pooling or constant matrix products."""
+
+    def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.in_hw, self.out_hw = tuple(in_hw), tuple(out_hw)
+        (h, w), (oh, ow) = self.in_hw, self.out_hw
+        self.pool_kernel: tuple[int, int] | None = None
+        self.rows: nn.Linear | None = None
+        self.cols: nn.Linear | None = None
+        if h % oh == 0 and w % ow == 0:
+            self.pool_kernel = (h // oh, w // ow)
+        else:
+            if w != ow:
+                self.cols = self._fixed_linear(adaptive_pool_matrix(w, ow))
+            if h != oh:
+                self.rows = self._fixed_linear(adaptive_pool_matrix(h, oh))
+
+    @staticmethod
+    def _fixed_linear(matrix: torch.Tensor) -> nn.Linear:
+        layer = nn.Linear(matrix.shape[1], matrix.shape[0], bias=False)
+        with torch.no_grad():
+            layer.weight.copy_(matrix)
+        layer.weight.requires_grad_(False)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool_kernel is not None:
+            if self.pool_kernel == (1, 1):
+                return x
+            return F.avg_pool2d(x, self.pool_kernel, self.pool_kernel)
+        if self.cols is not None:
+            x = self.cols(x)
+        if self.rows is not None:
+            x = self.rows(x.transpose(2, 3)).transpose(2, 3)
+        return x
+
+
+class FixedResize(nn.Module):
+    """Bilinear resize (align_corners=True) to a constant size."""
+
+    def __init__(self, out_hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.out_hw = (int(out_hw[0]), int(out_hw[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=self.out_hw, mode="bilinear", align_corners=True)
+
+
+def batchnorm_as_conv(bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """An eval-mode BatchNorm as the equivalent depth-wise 1x1 convolution with bias."""
+    c = bn.num_features
+    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    shift = bn.bias.detach().double() - bn.running_mean.double() * scale
+    conv = nn.Conv2d(c, c, 1, groups=c, bias=True)
+    with torch.no_grad():
+        conv.weight.copy_(scale.view(c, 1, 1, 1).float())
+        conv.bias.copy_(shift.float())
+    return conv
+
+
+class ChannelShuffleFixed(nn.Module):
+    """Channel shuffle with the tensor shape fixed at build time."""
+
+    def __init__(self, groups: int, channels: int, hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.split_shape = (1, groups, channels // groups, hw[0], hw[1])
+        self.out_shape = (1, channels, hw[0], hw[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(self.split_shape).transpose(1, 2).reshape(self.out_shape)
+
+
+def _replace_standalone_batchnorms(module: nn.Module) -> None:
+    """Swap every BatchNorm that does not directly follow a conv for a depth-wise 1x1 conv.
+
+    Those are the BN of BN-PReLU pairs (after a concatenation or a sum) and
+    of ESPNet's strided ESP module; BN right after a conv is left for the
+    converters to fold.
+    """
+    for child in list(module.modules()):
+        if isinstance(child, BNPReLU) or (isinstance(child, ESPModule) and child.downsample):
+            child.bn = batchnorm_as_conv(child.bn)
+        elif isinstance(child, nn.Sequential) and len(child) == 2 and \
+                isinstance(child[0], nn.BatchNorm2d) and isinstance(child[1], nn.PReLU):
+            child[0] = batchnorm_as_conv(child[0])
+
+
+# --------------------------------------------------------------------------- ESPNetv2
+
+
+class DeployPyramidPool(nn.Module):
+    """EfficientPyramidPool at a fixed input size, with fixed-size resizes and pools."""
+
+    def __init__(self, ref: EfficientPyramidPool, hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.projection_layer = ref.projection_layer
+        self.stages = ref.stages
+        h, w = hw
+        self.before = nn.ModuleList()
+        self.after = nn.ModuleList()
+        for scale in ref.scales:
+            size = (pyramid_size(h, scale), pyramid_size(w, scale))
+            if scale < 1.0:
+                self.before.append(FixedAdaptiveAvgPool2d((h, w), size))
+                self.after.append(FixedResize((h, w)))
+            elif scale > 1.0:
+                self.before.append(FixedResize(size))
+                self.after.append(FixedAdaptiveAvgPool2d(size, (h, w)))
+            else:
+                self.before.append(nn.Identity())
+                self.after.append(nn.Identity())
+        merge = ref.merge_layer
+        k = len(ref.scales)
+        channels = ref.stages[0].in_channels * k
+        self.merge_layer = nn.Sequential(merge[0], ChannelShuffleFixed(k, channels, hw), merge[2], merge[3])
+        self.br = None if ref.last else ref.br
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.projection_layer(x)
+        levels = [after(stage(before(x)))
+                  for before, stage, after in zip(self.before, self.stages, self.after, strict=True)]
+        out = self.merge_layer(torch.cat(levels, dim=1))
+        return out if self.br is None else self.br(out)
+
+
+class DeployPointwiseConv(nn.Module):
+    """EfficientPointwiseConv with its global pooling as a spatial mean."""
+
+    def __init__(self, ref: EfficientPointwiseConv) -> None:
+        super().__init__()
+        self.gate = ref.wt_layer[1]
+        self.expansion_layer = ref.expansion_layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = torch.sigmoid(self.gate(x.mean(dim=(2, 3), keepdim=True)))
+        return self.expansion_layer(x) * weights
+
+
+class DeployStridedEESP(nn.Module):
+    """StridedEESP fed the matching level of the shared image pyramid."""
+
+    def __init__(self, ref: StridedEESP) -> None:
+        super().__init__()
+        self.avg = AvgPool3x3s2(ref.eesp.proj_1x1.conv.in_channels)
+        self.eesp = ref.eesp
+        self.inp_reinf = ref.inp_reinf
+        self.act = ref.act
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([self.avg(x), self.eesp(x)], dim=1)
+        return self.act(out + self.inp_reinf(image))
+
+
+class DeployESPNetv2(nn.Module):
+    def __init__(self, ref: ESPNetv2Segmentation, hw: tuple[int, int]) -> None:
+        super().__init__()
+        enc = ref.base_net
+        sizes = [hw]
+        for _ in range(4):
+            sizes.append((math.ceil(sizes[-1][0] / 2), math.ceil(sizes[-1][1] / 2)))
+        self.image_pool = AvgPool3x3s2(3)
+        self.level1 = enc.level1
+        self.level2_0 = DeployStridedEESP(enc.level2_0)
+        self.level3_0 = DeployStridedEESP(enc.level3_0)
+        self.level3 = enc.level3
+        self.level4_0 = DeployStridedEESP(enc.level4_0)
+        self.level4 = enc.level4
+        self.bu_dec_l1 = DeployPyramidPool(ref.bu_dec_l1, sizes[4])
+        self.bu_dec_l2 = DeployPyramidPool(ref.bu_dec_l2, sizes[3])
+        self.bu_dec_l3 = DeployPyramidPool(ref.bu_dec_l3, sizes[2])
+        self.bu_dec_l4 = DeployPyramidPool(ref.bu_dec_l4, sizes[1])
+        self.merge_enc_dec_l2 = DeployPointwiseConv(ref.merge_enc_dec_l2)
+        self.merge_enc_dec_l3 = DeployPointwiseConv(ref.merge_enc_dec_l3)
+        self.merge_enc_dec_l4 = DeployPointwiseConv(ref.merge_enc_dec_l4)
+        self.bu_br_l2, self.bu_br_l3, self.bu_br_l4 = ref.bu_br_l2, ref.bu_br_l3, ref.bu_br_l4
+        self.up_to_l3 = FixedResize((2 * sizes[4][0], 2 * sizes[4][1]))
+        self.up_to_l2 = FixedResize((2 * sizes[3][0], 2 * sizes[3][1]))
+        self.up_to_l1 = FixedResize((2 * sizes[2][0], 2 * sizes[2][1]))
+        self.up_to_input = FixedResize(hw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Image pyramid pyr[k] at 1/2^k; the strided unit reaching 1/2^k adds a projection of pyr[k].
+        pyr = [x]
+        for _ in range(4):
+            pyr.append(self.image_pool(pyr[-1]))
+        out1 = self.level1(x)
+        out2 = self.level2_0(out1, pyr[2])
+        out3 = self.level3_0(out2, pyr[3])
+        for block in self.level3:
+            out3 = block(out3)
+        out4 = self.level4_0(out3, pyr[4])
+        for block in self.level4:
+            out4 = block(out4)
+        y = self.bu_dec_l1(out4)
+        y = self.bu_dec_l2(self.bu_br_l2(self.merge_enc_dec_l2(out3) + self.up_to_l3(y)))
+        y = self.bu_dec_l3(self.bu_br_l3(self.merge_enc_dec_l3(out2) + self.up_to_l2(y)))
+        y = self.bu_dec_l4(self.bu_br_l4(self.merge_enc_dec_l4(out1) + self.up_to_l1(y)))
+        return self.up_to_input(y)
+
+
+# --------------------------------------------------------------------------- ESPNet (v1)
+
+
+class DeployESPNetEncoder(nn.Module):
+    """ESPNet-C with the shared image pyramid and pooling as convolution."""
+
+    def __init__(self, ref: ESPNetEncoder) -> None:
+        super().__init__()
+        if ref.variant != "C":
+            raise ValueError("only ESPNet-C and ESPNet have deployable graphs (they have checkpoints)")
+        self.image_pool = AvgPool3x3s2(3)
+        self.level1 = ref.level1
+        self.b1, self.b2, self.b3 = ref.b1, ref.b2, ref.b3
+        self.level2_0, self.level2 = ref.level2_0, ref.level2
+        self.level3_0, self.level3 = ref.level3_0, ref.level3
+        self.classifier = ref.classifier
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        half = self.image_pool(x)
+        quarter = self.image_pool(half)
+        level1 = self.level1(x)
+        merged1 = self.b1(torch.cat([level1, half], dim=1))
+        down2 = self.level2_0(merged1)
+        out2 = down2
+        for block in self.level2:
+            out2 = block(out2)
+        out2 = self.b2(torch.cat([out2, down2, quarter], dim=1))
+        down3 = self.level3_0(out2)
+        out3 = down3
+        for block in self.level3:
+            out3 = block(out3)
+        out3 = self.b3(torch.cat([down3, out3], dim=1))
+        return level1, merged1, out2, out3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x)[3])
+
+
+class DeployESPNet(nn.Module):
+    def __init__(self, ref: ESPNet) -> None:
+        super().__init__()
+        self.encoder = DeployESPNetEncoder(ref.encoder)
+        self.reinforced_skip = ref.reinforced_skip
+        self.level3_C, self.br, self.conv = ref.level3_C, batchnorm_as_conv(ref.br), ref.conv
+        self.up_l3, self.combine_l2_l3, self.up_l2 = ref.up_l3, ref.combine_l2_l3, ref.up_l2
+        self.classifier = ref.classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        level1, merged1, level2, level3 = self.encoder.features(x)
+        up3 = self.up_l3(self.br(self.encoder.classifier(level3)))
+        merged = self.combine_l2_l3(torch.cat([self.level3_C(level2), up3], dim=1))
+        up2 = self.up_l2(merged)
+        skip = merged1 if self.reinforced_skip else level1
+        return self.classifier(self.conv(torch.cat([up2, skip], dim=1)))
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+class DeployableModel(nn.Module):
+    """Normalization + rewritten network + optional argmax head, for one fixed input size."""
+
+    def __init__(self, normalize: InputNormalization, body: nn.Module, config: DeployConfig,
+                 model_id: str) -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.body = body
+        self.config = config
+        self.model_id = model_id
+
+    def example_input(self) -> torch.Tensor:
+        shape = (1, 3, self.config.height, self.config.width)
+        if self.config.input_dtype == "uint8":
+            return torch.randint(0, 256, shape, dtype=torch.uint8)
+        return torch.rand(shape)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        logits = self.body(self.normalize(image))
+        if self.config.head == "mask":
+            return torch.argmax(logits, dim=1).to(torch.int32)
+        return logits
+
+
+def make_deployable(model: nn.Module, entry: ZooEntry | str, *, height: int | None = None,
+                    width: int | None = None, input_dtype: str = "float32",
+                    head: str = "logits") -> DeployableModel:
+    """Build the export-ready module for ``model`` (a reference model of ``entry``'s architecture).
+
+    The reference model is deep-copied and never modified.
+    """
+    if isinstance(entry, str):
+        entry = get_entry(entry)
+    config = DeployConfig(height or entry.input_height, width or entry.input_width, input_dtype, head)
+    ref = copy.deepcopy(model).eval()
+    _replace_standalone_batchnorms(ref)
+    hw = (config.height, config.width)
+    if isinstance(ref, ESPNetv2Segmentation):
+        if config.height % 16 or config.width % 16:
+            raise ValueError(f"ESPNetv2 needs input sides divisible by 16, got {hw}")
+        body: nn.Module = DeployESPNetv2(ref, hw)
+    elif isinstance(ref, ESPNet):
+        if config.height % 8 or config.width % 8:
+            raise ValueError(f"ESPNet needs input sides divisible by 8, got {hw}")
+        body = DeployESPNet(ref)
+    elif isinstance(ref, ESPNetEncoder):
+        body = DeployESPNetEncoder(ref)
+    else:
+        raise TypeError(f"no deployable graph for {type(model).__name__}")
+    return DeployableModel(InputNormalization(entry.normalization, input_dtype), body, config,
+                           entry.model_id).eval()
+
+
+def reference_forward(model: nn.Module, entry: ZooEntry, rgb01: torch.Tensor) -> torch.Tensor:
+    """The reference model on RGB [0,1] input, normalized the authors' way."""
+    with torch.no_grad():
+        return model(normalize_reference(rgb01, entry.normalization))
+
+
+def export(module: DeployableModel, example: torch.Tensor | None = None) -> torch.export.ExportedProgram:
+    """torch.export with the fixed example input (static shapes)."""
+    example = module.example_input() if example is None else example
+    with torch.no_grad():
+        return torch.export.export(module, (example,), strict=False)
+
+
+def exported_op_counts(program: torch.export.ExportedProgram) -> Counter[str]:
+    """Count the ATen operators of an exported graph by name (e.g. ``aten.conv2d.default``)."""
+    counts: Counter[str] = Counter()
+    for node in program.graph.nodes:
+        if node.op == "call_function":
+            counts[str(node.target)] += 1
+    return counts
+
+
+def format_op_counts(counts: Counter[str]) -> str:
+    width = max((len(k) for k in counts), default=10)
+    lines = [f"{name:<{width}}  {n:>5}" for name, n in counts.most_common()]
+    lines.append(f"{'total':<{width}}  {sum(counts.values()):>5}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from espnet_mobile import PRETRAINED, create_model
+    from espnet_mobile.errors import run_cli
+    from espnet_mobile.zoo import DEFAULT_MODEL_ID
+
+    parser = argparse.ArgumentParser(prog="python -m espnet_mobile.deploy",
+                                     description="Build the deployable graph, check it, print its ops.")
+    parser.add_argument("--model", default=DEFAULT_MODEL_ID)
+    parser.add_argument("--weights", default=PRETRAINED,
+                        help="checkpoint path, or 'pretrained' (default) to resolve the published one")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        entry = get_entry(args.model)
+        model = create_model(args.model, weights=args.weights)
+        deployable = make_deployable(model, entry)
+        x = deployable.example_input()
+        ref = reference_forward(model, entry, x)
+        with torch.no_grad():
+            out = deployable(x)
+        rel = ((out - ref).abs().max() / ref.abs().max()).item()
+        counts = exported_op_counts(export(deployable, x))
+        print(f"{entry.model_id}: input {tuple(x.shape)}, deployable vs reference max|diff|/max|logit| "
+              f"= {rel:.2e}")
+        print(format_op_counts(counts))
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
