@@ -7,14 +7,24 @@ from pathlib import Path
 import torch
 
 from espnet_mobile.errors import UserError
-from espnet_mobile.zoo import DEFAULT_MODEL_ID, ZOO, ZooEntry, get_entry
 
 __version__ = "0.1.0"
 
 PRETRAINED = "pretrained"
+# Re-exported from espnet_mobile.zoo lazily, so `python -m espnet_mobile.zoo`
+# does not find its own module already imported by the package.
+_ZOO_NAMES = ("DEFAULT_MODEL_ID", "ZOO", "ZooEntry", "get_entry")
 
 
-def build_model(entry: ZooEntry) -> torch.nn.Module:
+def __getattr__(name: str):
+    if name in _ZOO_NAMES:
+        from espnet_mobile import zoo
+
+        return getattr(zoo, name)
+    raise AttributeError(f"module 'espnet_mobile' has no attribute {name!r}")
+
+
+def build_model(entry) -> torch.nn.Module:
     """The architecture of a zoo entry, randomly initialized, in eval mode."""
     from espnet_mobile.models import ESPNet, ESPNetEncoder, ESPNetv2Segmentation
 
@@ -41,6 +51,7 @@ def create_model(model_id: str, *, weights: str | Path | None = None) -> torch.n
     ``normalization``) and returns logits NCHW.
     """
     from espnet_mobile.weights import load_into, load_state_dict, resolve_weights
+    from espnet_mobile.zoo import get_entry
 
     entry = get_entry(model_id)
     model = build_model(entry)
@@ -54,5 +65,13 @@ def create_model(model_id: str, *, weights: str | Path | None = None) -> torch.n
     return model.eval()
 
 
-__all__ = ["create_model", "build_model", "DEFAULT_MODEL_ID", "ZOO", "ZooEntry", "get_entry",
-           "UserError", "PRETRAINED"]
+__all__ = [
+    "DEFAULT_MODEL_ID",
+    "PRETRAINED",
+    "ZOO",
+    "UserError",
+    "ZooEntry",
+    "build_model",
+    "create_model",
+    "get_entry",
+]

@@ -147,7 +147,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist; check the path") from None
-    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
+    except Exception as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"checkpoint {path} is truncated, corrupt or not a PyTorch file "
                         f"({first_line[:160]}); re-download it or pass a valid checkpoint") from None

@@ -290,5 +290,12 @@ class ESPNetv2Segmentation(nn.Module):
         return F.interpolate(y, size=(x.shape[2], x.shape[3]), mode="bilinear", align_corners=True)
 
 
-__all__ = ["ESPNetv2Segmentation", "EESP", "StridedEESP", "EfficientPyramidPool",
-           "EfficientPointwiseConv", "ChannelShuffle", "CHANNELS"]
+__all__ = [
+    "CHANNELS",
+    "EESP",
+    "ChannelShuffle",
+    "ESPNetv2Segmentation",
+    "EfficientPointwiseConv",
+    "EfficientPyramidPool",
+    "StridedEESP",
+]
