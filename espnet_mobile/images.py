@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from espnet_mobile.errors import UserError
@@ -53,25 +52,6 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def resize_rgb(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of an RGB uint8 array (Pillow's, as the ESPNetv2 authors used)."""
-    if rgb.shape[:2] == (height, width):
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR), dtype=np.uint8)
-
-
-def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1]: the deployable graph's input."""
-    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
-
-
-def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of a class-index mask."""
-    if mask.shape == (height, width):
-        return mask
-    return np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((width, height), Image.NEAREST))
-
-
 def palette_image(mask: np.ndarray, palette: tuple[tuple[int, int, int], ...]) -> Image.Image:
     """A 'P' mode image whose pixel values are class indices and whose palette is the dataset's."""
     img = Image.fromarray(mask.astype(np.uint8), mode="P")
@@ -80,22 +60,12 @@ def palette_image(mask: np.ndarray, palette: tuple[tuple[int, int, int], ...]) -
     return img
 
 
-def colorize(mask: np.ndarray, palette: tuple[tuple[int, int, int], ...]) -> np.ndarray:
-    return np.asarray(palette, dtype=np.uint8)[mask]
-
-
-def overlay(rgb: np.ndarray, mask: np.ndarray, palette: tuple[tuple[int, int, int], ...],
-            alpha: float = 0.5) -> np.ndarray:
-    """Blend the colourized mask over the photo."""
-    blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colorize(mask, palette).astype(np.float32)
-    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
-
-
 def save_png_atomic(img: Image.Image, path: Path) -> None:
     """Write a PNG through a temporary file so a crash never leaves half an image."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)
     try:
         img.save(tmp, format="PNG")
         os.replace(tmp, path)

@@ -2,8 +2,9 @@
 
     python -m espnet_mobile.predict photo.jpg [more.png ...] [--model ID] [--out DIR]
 
-Each image is resized to the model's input size; the mask is resized back to
-the image's own size (nearest neighbour), so it lines up with the photo.
+Each image goes through the same pre- and post-processing as the apps
+(:mod:`espnet_mobile.preprocess`): resized to the model's input size, and the
+mask resized back to the image's own size so it lines up with the photo.
 """
 
 from __future__ import annotations
@@ -19,15 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from espnet_mobile.errors import UserError, run_cli
-from espnet_mobile.images import (
-    load_rgb,
-    overlay,
-    palette_image,
-    resize_mask,
-    resize_rgb,
-    save_png_atomic,
-    to_tensor,
-)
+from espnet_mobile.images import load_rgb, palette_image, save_png_atomic
+from espnet_mobile.preprocess import argmax_mask, overlay, preprocess, resize_mask_nearest
 
 
 @dataclass
@@ -41,13 +35,11 @@ def segment(model: torch.nn.Module, entry, rgb: np.ndarray) -> np.ndarray:
     """Class-index mask (H, W) for an RGB uint8 image of any size."""
     from espnet_mobile.deploy import reference_forward
 
-    h, w = rgb.shape[:2]
-    x = to_tensor(resize_rgb(rgb, entry.input_height, entry.input_width))
+    x = torch.from_numpy(preprocess(rgb, entry.input_height, entry.input_width))
     logits = reference_forward(model, entry, x)
     if logits.shape[-2:] != x.shape[-2:]:  # ESPNet-C: logits at 1/8
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    mask = logits.argmax(dim=1)[0].numpy().astype(np.uint8)
-    return resize_mask(mask, h, w)
+    return resize_mask_nearest(argmax_mask(logits.numpy()), *rgb.shape[:2])
 
 
 def class_shares(mask: np.ndarray, classes: tuple[str, ...]) -> dict[str, float]:
