@@ -1,0 +1,358 @@
+"""Convert a zoo model to ExecuTorch, Core ML and TFLite artifacts in an app-ready bundle.
+
+    python -m espnet_mobile.convert --target {executorch,coreml,tflite,all} [--model ID]
+        [--precision fp32,fp16,int8] [--qat-checkpoint PATH] [--calibration DIR]
+        [--images DIR] [--out DIR] [--force]
+
+Writes ``<out>/<model_id>/manifest.json`` and ``<model_id>_<target>_<precision>.<ext>``.
+Every file goes through a temporary name and a rename, and the manifest is
+rewritten after each artifact, so an interrupted run leaves a consistent
+bundle. Artifacts whose cache key (checkpoint, options, tool versions) is
+unchanged are skipped unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from espnet_mobile import __version__
+from espnet_mobile import bundle as B
+from espnet_mobile.errors import UserError, run_cli
+
+TARGETS = ("executorch", "coreml", "tflite")
+# What each target can produce; the first delegate listed for ExecuTorch is the default one.
+TARGET_PRECISIONS = {"executorch": ("fp32", "int8"), "coreml": ("fp32", "fp16", "int8"),
+                     "tflite": ("fp32", "fp16", "int8")}
+EXECUTORCH_EXTRA_DELEGATES = {"coreml": ("fp16",), "vulkan": ("fp32",)}
+MAX_CALIBRATION_IMAGES = 64
+IMAGES_ENV = "ESPNET_MOBILE_IMAGES"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One artifact to produce."""
+
+    target: str
+    precision: str
+    delegate: str = "xnnpack"
+
+    @property
+    def label(self) -> str:
+        return self.target if self.delegate == "xnnpack" else f"{self.target}-{self.delegate}"
+
+
+@dataclass
+class ConvertOptions:
+    targets: list[str]
+    model_id: str
+    precisions: list[str] | None = None  # None: every precision the target has
+    weights: str | None = None
+    qat_checkpoint: Path | None = None
+    calibration: Path | None = None
+    images: Path | None = None
+    out: Path = Path("artifacts")
+    force: bool = False
+    nhwc: bool = False
+    extra_delegates: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def backend_module(target: str):
+    """Import ``converters.<target>``; a missing optional dependency surfaces when converting."""
+    return importlib.import_module(f"converters.{target}")
+
+
+def plan_jobs(opts: ConvertOptions, have_int8_data: bool) -> tuple[list[Job], list[str]]:
+    """The artifacts to make, and notes about precisions left out by default."""
+    jobs: list[Job] = []
+    notes: list[str] = []
+    for target in opts.targets:
+        supported = TARGET_PRECISIONS[target]
+        if opts.precisions is not None:
+            bad = [p for p in opts.precisions if p not in supported]
+            if bad:
+                raise UserError(f"{target} has no {', '.join(bad)} artifact; choose from {','.join(supported)}")
+            wanted = list(opts.precisions)
+            if "int8" in wanted and not have_int8_data:
+                raise UserError("int8 needs calibration images or a QAT checkpoint: pass --calibration DIR "
+                                f"(or set ${IMAGES_ENV}) or --qat-checkpoint PATH")
+        else:
+            wanted = list(supported)
+            if "int8" in wanted and not have_int8_data:
+                wanted.remove("int8")
+                notes.append(f"{target}: int8 skipped - pass --calibration DIR or --qat-checkpoint PATH")
+        jobs += [Job(target, p) for p in wanted]
+        if target == "executorch" and opts.extra_delegates and opts.precisions is None:
+            for delegate, precisions in EXECUTORCH_EXTRA_DELEGATES.items():
+                jobs += [Job(target, p, delegate) for p in precisions]
+    return jobs, notes
+
+
+def calibration_inputs(folder: Path, height: int, width: int) -> tuple[list[torch.Tensor], str]:
+    """Model inputs from a folder of photos, and a digest of the files for the cache key."""
+    from espnet_mobile.images import list_images, load_rgb
+    from espnet_mobile.preprocess import preprocess
+
+    files = list_images(folder)[:MAX_CALIBRATION_IMAGES]
+    digest = hashlib.sha256()
+    tensors = []
+    for f in files:
+        digest.update(f.name.encode())
+        digest.update(f.read_bytes())
+        rgb = load_rgb(f)
+        tensors.append(torch.from_numpy(preprocess(rgb, height, width)))
+        tensors.append(torch.from_numpy(preprocess(np.ascontiguousarray(rgb[:, ::-1]), height, width)))
+    return tensors, digest.hexdigest()
+
+
+def cache_key(job: Job, manifest: dict, tool_versions: dict[str, str], extra: dict[str, Any]) -> str:
+    data = {"job": [job.target, job.delegate, job.precision], "espnet_mobile": __version__,
+            "checkpoint": manifest["model"]["checkpoint_sha256"],
+            "qat": manifest["model"].get("qat_checkpoint_sha256"), "tools": tool_versions,
+            "input": manifest["input"]["shape"], **extra}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _up_to_date(bundle: Path, manifest: dict, file: str, key: str) -> bool:
+    for art in manifest["artifacts"]:
+        if art["file"] == file and art["cache_key"] == key:
+            path = bundle / file
+            return path.exists() and B.sha256_path(path) == art["sha256"]
+    return False
+
+
+def _tool_versions(target: str, job: Job) -> dict[str, str]:
+    module = backend_module(target)
+    fn = getattr(module, "tool_versions", None)
+    if fn is None:
+        return {"torch": torch.__version__}
+    try:
+        if target == "executorch":
+            return fn(job.delegate, job.precision)
+        if target == "coreml":
+            return fn(job.precision)
+        return fn()
+    except Exception:
+        return {"torch": torch.__version__}
+
+
+def quick_check(job: Job, path: Path, golden: list[B.GoldenItem], nhwc: bool) -> dict | None:
+    """Run the artifact on the golden inputs where a runtime exists here; compare with the reference."""
+    from espnet_mobile.preprocess import argmax_mask
+    from espnet_mobile.runtimes import run_artifact
+
+    outputs = []
+    for item in golden:
+        out = run_artifact(job.target, job.delegate, path, item.input, nhwc=nhwc)
+        if out is None:
+            return None
+        outputs.append(out)
+    rel = max(float(np.abs(o - g.logits).max() / np.abs(g.logits).max()) for o, g in zip(outputs, golden, strict=True))
+    agree = float(np.mean([np.mean(argmax_mask(o) == argmax_mask(g.logits)) for o, g in
+                           zip(outputs, golden, strict=True)]))
+    return {"max_rel_abs_error": rel, "pixel_agreement": agree, "images": len(golden)}
+
+
+def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], list[str]]:
+    """Produce the bundle; returns (bundle dir, records of artifacts made or kept, problems)."""
+    import espnet_mobile as em
+    from converters.common import ConversionError, ConversionRequest, MissingBackendError
+    from espnet_mobile.deploy import make_deployable
+    from espnet_mobile.weights import load_into, load_state_dict, resolve_weights
+    from espnet_mobile.zoo import get_entry
+
+    entry = get_entry(opts.model_id)
+    calibration_dir = opts.calibration or (Path(os.environ[IMAGES_ENV]) if os.environ.get(IMAGES_ENV) else None)
+    have_int8_data = calibration_dir is not None or opts.qat_checkpoint is not None
+    jobs, notes = plan_jobs(opts, have_int8_data)
+    for note in notes:
+        log(f"note: {note}")
+    if opts.qat_checkpoint is not None:
+        raise UserError("--qat-checkpoint needs a checkpoint written by python -m espnet_mobile.qat, "
+                        "which this version cannot read yet; use --calibration DIR")
+
+    resolved = resolve_weights(entry, opts.weights)
+    model = em.build_model(entry)
+    load_into(model, load_state_dict(resolved.path), source=str(resolved.path))
+    model.eval()
+    deployable = make_deployable(model, entry)
+    height, width = entry.input_height, entry.input_width
+
+    bundle = Path(opts.out) / entry.model_id
+    manifest = None
+    if (bundle / B.MANIFEST).exists():
+        try:
+            manifest = B.load_manifest(bundle, verify_files=False)
+        except UserError as err:
+            log(f"note: existing manifest unusable ({err}); starting a new one")
+    fresh = B.new_manifest(entry, resolved.sha256, height=height, width=width)
+    if manifest is None or manifest["model"]["checkpoint_sha256"] != resolved.sha256 \
+            or manifest["input"] != fresh["input"]:
+        manifest = fresh
+
+    images_dir = opts.images or calibration_dir
+    golden_files = None
+    if images_dir is not None:
+        from espnet_mobile.images import list_images
+
+        golden_files = list_images(images_dir)
+    t0 = time.perf_counter()
+    source, golden = B.make_golden(entry, model, golden_files)
+    manifest["golden"] = B.write_golden(bundle, entry, source, golden)
+    manifest["thresholds"] = B.thresholds()
+    B.write_manifest(bundle, manifest)
+    log(f"golden vectors: {len(golden)} {source} inputs with reference logits ({time.perf_counter() - t0:.1f} s)")
+
+    calibration: list[torch.Tensor] | None = None
+    calibration_digest = None
+    records: list[dict] = []
+    problems: list[str] = []
+    disabled: dict[str, str] = {}
+    for index, job in enumerate(jobs, 1):
+        name = B.artifact_name(entry.model_id, job.target, job.precision, job.delegate)
+        prefix = f"[{index}/{len(jobs)}] {job.label} {job.precision}"
+        if job.target in disabled:
+            continue
+        if job.precision == "int8" and calibration is None and opts.qat_checkpoint is None:
+            calibration, calibration_digest = calibration_inputs(calibration_dir, height, width)
+            log(f"calibration: {len(calibration)} inputs from {calibration_dir}")
+        versions = _tool_versions(job.target, job)
+        extra = {"nhwc": opts.nhwc and job.target == "tflite", "options": opts.options,
+                 "calibration": calibration_digest if job.precision == "int8" else None}
+        key = cache_key(job, manifest, versions, extra)
+        if not opts.force and _up_to_date(bundle, manifest, name, key):
+            log(f"{prefix}: up to date ({name})")
+            records.append(next(a for a in manifest["artifacts"] if a["file"] == name))
+            continue
+        log(f"{prefix}: converting -> {name}")
+        options = dict(opts.options)
+        options["delegate"] = job.delegate
+        if job.target == "tflite":
+            options["nhwc"] = opts.nhwc
+        if job.target == "executorch":
+            options["bundle"] = job.delegate == "xnnpack"
+            options["bundle_inputs"] = [torch.from_numpy(g.input) for g in golden]
+            options["bundle_expected"] = [torch.from_numpy(g.logits) for g in golden]
+        request = ConversionRequest(
+            module=deployable, example_input=torch.from_numpy(golden[0].input), precision=job.precision,
+            out_path=bundle / name, model_id=entry.model_id, calibration=calibration,
+            labels=list(entry.data.classes), options=options,
+            metadata={"author": "espnet-mobile; model by Sachin Mehta et al.", "license": "MIT",
+                      "description": f"{entry.model_id}: {entry.arch} semantic segmentation "
+                                     f"({entry.data.title}, {entry.num_classes} classes)",
+                      "version": __version__},
+        )
+        start = time.perf_counter()
+        try:
+            result = backend_module(job.target).convert(request)
+        except MissingBackendError as err:
+            disabled[job.target] = str(err)
+            problems.append(f"{job.target} disabled: {err}")
+            log(f"{prefix}: skipped - {err}")
+            continue
+        except ConversionError as err:
+            problems.append(f"{job.label} {job.precision}: {err}")
+            log(f"{prefix}: failed - {err}")
+            continue
+        seconds = time.perf_counter() - start
+        path = bundle / name
+        record = {
+            "file": name, "target": job.target, "delegate": job.delegate, "precision": job.precision,
+            "compute_units": list(result.compute_units), "sha256": B.sha256_path(path),
+            "bytes": B.size_bytes(path), "tool_versions": dict(result.tool_versions),
+            "executable_here": bool(result.executable_here),
+            "not_executable_reason": result.not_executable_reason,
+            "conversion_seconds": round(seconds, 2), "cache_key": key,
+            "input_layout": "NHWC" if extra["nhwc"] else "NCHW",
+            "quantization": {"scheme": "pt2e", "calibration_images": len(calibration or []) // 2,
+                             "source": "calibration"} if job.precision == "int8" else None,
+            "report": _jsonable(result.report),
+        }
+        bpte = path.with_suffix(".bpte")
+        if bpte.exists() and job.target == "executorch":
+            record["bundled_program"] = {"file": bpte.name, "sha256": B.sha256_path(bpte)}
+        if result.executable_here:
+            check = quick_check(job, path, golden, extra["nhwc"])
+            if check is not None:
+                record["quick_check"] = check
+        B.upsert_artifact(manifest, record)
+        B.write_manifest(bundle, manifest)
+        records.append(record)
+        qc = record.get("quick_check")
+        qc_text = (f", vs reference: max err {qc['max_rel_abs_error']:.1e} of max|logit|, "
+                   f"argmax agreement {qc['pixel_agreement']:.2%}") if qc else ""
+        log(f"{prefix}: done in {seconds:.1f} s, {record['bytes'] / 1e6:.2f} MB{qc_text}")
+    return bundle, records, problems
+
+
+def _jsonable(value: Any) -> Any:
+    """Reports may hold paths, tuples or numpy scalars; keep what JSON can say."""
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def parse_args(argv: list[str] | None) -> ConvertOptions:
+    from espnet_mobile.zoo import DEFAULT_MODEL_ID
+
+    parser = argparse.ArgumentParser(prog="python -m espnet_mobile.convert",
+                                     description="Convert a zoo model to mobile artifacts in a bundle.")
+    parser.add_argument("--target", default="all", choices=[*TARGETS, "all"],
+                        help="backend to convert to (default: all)")
+    parser.add_argument("--model", default=DEFAULT_MODEL_ID, help=f"zoo id (default {DEFAULT_MODEL_ID})")
+    parser.add_argument("--weights", default=None, help="checkpoint path (default: the published one)")
+    parser.add_argument("--precision", default=None,
+                        help="comma-separated subset of fp32,fp16,int8 (default: all the target has; "
+                             "int8 only with calibration data or a QAT checkpoint)")
+    parser.add_argument("--qat-checkpoint", type=Path, default=None)
+    parser.add_argument("--calibration", type=Path, default=None,
+                        help=f"folder of photos for int8 calibration (default: ${IMAGES_ENV} if set)")
+    parser.add_argument("--images", type=Path, default=None,
+                        help="folder of photos for the golden vectors (default: the calibration folder)")
+    parser.add_argument("--out", type=Path, default=Path("artifacts"), help="bundle root (default artifacts/)")
+    parser.add_argument("--force", action="store_true", help="convert even if an artifact is up to date")
+    parser.add_argument("--nhwc", action="store_true", help="TFLite artifacts take NHWC input")
+    parser.add_argument("--no-extra-delegates", action="store_true",
+                        help="skip ExecuTorch's Core ML and Vulkan delegates")
+    args = parser.parse_args(argv)
+    precisions = None
+    if args.precision:
+        precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+        bad = [p for p in precisions if p not in ("fp32", "fp16", "int8")]
+        if bad:
+            parser.error(f"unknown precision {', '.join(bad)}; choose from fp32,fp16,int8")
+    targets = list(TARGETS) if args.target == "all" else [args.target]
+    return ConvertOptions(targets=targets, model_id=args.model, precisions=precisions, weights=args.weights,
+                          qat_checkpoint=args.qat_checkpoint, calibration=args.calibration, images=args.images,
+                          out=args.out, force=args.force, nhwc=args.nhwc,
+                          extra_delegates=not args.no_extra_delegates)
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body() -> int:
+        opts = parse_args(argv)
+        start = time.perf_counter()
+        bundle, records, problems = convert_model(opts)
+        print(f"\nbundle {bundle} ({time.perf_counter() - start:.1f} s):")
+        for r in records:
+            where = "runs here" if r["executable_here"] else "not executable here"
+            print(f"  {r['file']:<60} {r['bytes'] / 1e6:7.2f} MB  {r.get('conversion_seconds', 0):6.1f} s  {where}")
+        for p in problems:
+            print(f"problem: {p}", file=sys.stderr)
+        return 2 if problems else 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
