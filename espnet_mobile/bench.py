@@ -63,7 +63,7 @@ def benchmark(bundle: Path, rounds: int = 30, warmup: int = 5, threads: int | No
     runners = [(Row("pytorch eager (reference)", "fp32", None, None), eager)]
     notes = []
     for art in manifest["artifacts"]:
-        label = art["target"] if art["delegate"] == "xnnpack" else f"{art['target']}-{art['delegate']}"
+        label = B.artifact_label(art["target"], art["delegate"])
         if not art["executable_here"]:
             notes.append(f"{art['file']}: not executable here ({art.get('not_executable_reason') or 'no runtime'})")
             continue

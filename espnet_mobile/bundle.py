@@ -49,9 +49,18 @@ def thresholds() -> dict:
     return {k: v for k, v in data.items() if k != "description"}
 
 
-def artifact_name(model_id: str, target: str, precision: str, delegate: str = "xnnpack") -> str:
-    """``<model_id>_<target>_<precision>.<ext>``; ExecuTorch delegates other than XNNPACK add theirs."""
-    label = target if target != "executorch" or delegate == "xnnpack" else f"{target}-{delegate}"
+# The delegate each target's plain artifact uses; others show in the file name.
+PLAIN_DELEGATE = {"executorch": "xnnpack", "coreml": "coreml", "tflite": "cpu"}
+
+
+def artifact_label(target: str, delegate: str) -> str:
+    """``executorch``, ``executorch-coreml``, ``tflite``, ``tflite-gpu``, ..."""
+    return target if delegate == PLAIN_DELEGATE[target] else f"{target}-{delegate}"
+
+
+def artifact_name(model_id: str, target: str, precision: str, delegate: str | None = None) -> str:
+    """``<model_id>_<target>_<precision>.<ext>``; a non-default delegate is added to the target."""
+    label = artifact_label(target, delegate or PLAIN_DELEGATE[target])
     return f"{model_id}_{label}_{precision}.{EXTENSIONS[target]}"
 
 
@@ -224,7 +233,7 @@ def _write_tensor(bundle: Path, rel: str, array: np.ndarray) -> dict:
     path = bundle / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.chmod(tmp, 0o644)
     with os.fdopen(fd, "wb") as f:
         f.write(data)

@@ -14,6 +14,7 @@ unchanged are skipped unless ``--force``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -40,17 +41,24 @@ MAX_CALIBRATION_IMAGES = 64
 IMAGES_ENV = "ESPNET_MOBILE_IMAGES"
 
 
+DEFAULT_DELEGATE = {"executorch": "xnnpack", "coreml": "coreml", "tflite": "cpu"}
+
+
 @dataclass(frozen=True)
 class Job:
     """One artifact to produce."""
 
     target: str
     precision: str
-    delegate: str = "xnnpack"
+    delegate: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.delegate:
+            object.__setattr__(self, "delegate", DEFAULT_DELEGATE[self.target])
 
     @property
     def label(self) -> str:
-        return self.target if self.delegate == "xnnpack" else f"{self.target}-{self.delegate}"
+        return B.artifact_label(self.target, self.delegate)
 
 
 @dataclass
@@ -66,6 +74,7 @@ class ConvertOptions:
     force: bool = False
     nhwc: bool = False
     extra_delegates: bool = True
+    input_size: tuple[int, int] | None = None  # (height, width); None: the zoo's
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -187,10 +196,16 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
     model = em.build_model(entry)
     load_into(model, load_state_dict(resolved.path), source=str(resolved.path))
     model.eval()
-    deployable = make_deployable(model, entry)
-    height, width = entry.input_height, entry.input_width
+    height, width = opts.input_size or (entry.input_height, entry.input_width)
+    try:
+        deployable = make_deployable(model, entry, height=height, width=width)
+    except ValueError as err:
+        raise UserError(f"--input-size {height}x{width}: {err}") from None
+    if (height, width) != (entry.input_height, entry.input_width):
+        entry = dataclasses.replace(entry, input_height=height, input_width=width)
 
     bundle = Path(opts.out) / entry.model_id
+    _remove_stale_temporaries(bundle)
     manifest = None
     if (bundle / B.MANIFEST).exists():
         try:
@@ -297,6 +312,19 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
     return bundle, records, problems
 
 
+def _remove_stale_temporaries(bundle: Path) -> None:
+    """Hidden temporaries left by an interrupted run (never a listed artifact) are removed."""
+    import shutil
+
+    if not bundle.is_dir():
+        return
+    for path in bundle.rglob(".*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.suffix in (".tmp", ".part"):
+            path.unlink(missing_ok=True)
+
+
 def _jsonable(value: Any) -> Any:
     """Reports may hold paths, tuples or numpy scalars; keep what JSON can say."""
     return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
@@ -321,6 +349,8 @@ def parse_args(argv: list[str] | None) -> ConvertOptions:
                         help="folder of photos for the golden vectors (default: the calibration folder)")
     parser.add_argument("--out", type=Path, default=Path("artifacts"), help="bundle root (default artifacts/)")
     parser.add_argument("--force", action="store_true", help="convert even if an artifact is up to date")
+    parser.add_argument("--input-size", default=None, metavar="HxW",
+                        help="fixed input size of the artifacts (default: the zoo's training size)")
     parser.add_argument("--nhwc", action="store_true", help="TFLite artifacts take NHWC input")
     parser.add_argument("--no-extra-delegates", action="store_true",
                         help="skip ExecuTorch's Core ML and Vulkan delegates")
@@ -332,10 +362,17 @@ def parse_args(argv: list[str] | None) -> ConvertOptions:
         if bad:
             parser.error(f"unknown precision {', '.join(bad)}; choose from fp32,fp16,int8")
     targets = list(TARGETS) if args.target == "all" else [args.target]
+    input_size = None
+    if args.input_size:
+        try:
+            h, w = (int(v) for v in args.input_size.lower().split("x"))
+        except ValueError:
+            parser.error(f"--input-size must look like 256x256 (height x width), got {args.input_size!r}")
+        input_size = (h, w)
     return ConvertOptions(targets=targets, model_id=args.model, precisions=precisions, weights=args.weights,
                           qat_checkpoint=args.qat_checkpoint, calibration=args.calibration, images=args.images,
                           out=args.out, force=args.force, nhwc=args.nhwc,
-                          extra_delegates=not args.no_extra_delegates)
+                          extra_delegates=not args.no_extra_delegates, input_size=input_size)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,179 @@
+"""convert / package / bench: the bundle contract, failure handling, and quick accuracy checks.
+
+Conversions run once per session on a small model at a small input size
+(``--input-size``) and are shared by the tests through a fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import espnet_mobile as em
+from converters.common import MissingBackendError
+from espnet_mobile import bundle as B
+from espnet_mobile import convert, package
+
+MODEL = "espnetv2_s_0.5_pascal_256x256"
+SIZE = "64x64"
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "random.pth"
+    torch.manual_seed(0)
+    torch.save(em.build_model(em.get_entry(MODEL)).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> Path:
+    from PIL import Image
+
+    from espnet_mobile import synthetic
+
+    folder = tmp_path_factory.mktemp("photos")
+    for i, (rgb, _) in enumerate(synthetic.scenes(6, 80, 96, 21)):
+        Image.fromarray(rgb).save(folder / f"scene{i}.png")
+    return folder
+
+
+def _convert(out: Path, weights: Path, *args: str) -> int:
+    return convert.main(["--model", MODEL, "--weights", str(weights), "--input-size", SIZE, "--out", str(out),
+                         *args])
+
+
+@pytest.fixture(scope="session")
+def tflite_bundle(tmp_path_factory, random_weights, photos) -> Path:
+    out = tmp_path_factory.mktemp("bundle")
+    assert _convert(out, random_weights, "--target", "tflite", "--precision", "fp32", "--calibration",
+                    str(photos)) == 0
+    return out / MODEL
+
+
+def test_bundle_layout_and_manifest(tflite_bundle: Path) -> None:
+    manifest = B.load_manifest(tflite_bundle)  # validates the schema and every sha256
+    assert manifest["input"]["shape"] == [1, 3, 64, 64] and manifest["input"]["normalization"] == "baked_in"
+    assert manifest["labels"][15] == "person" and len(manifest["palette"]) == 21
+    [art] = manifest["artifacts"]
+    assert art["file"] == f"{MODEL}_tflite_fp32.tflite" and art["bytes"] == (tflite_bundle / art["file"]).stat().st_size
+    assert manifest["golden"]["source"] == "photos" and len(manifest["golden"]["items"]) == 4
+    logits = B.read_tensor(tflite_bundle, manifest["golden"]["items"][0]["logits"])
+    assert logits.shape == (1, 21, 64, 64) and logits.dtype == np.float16
+
+
+def test_fp32_quick_check_matches_reference(tflite_bundle: Path) -> None:
+    [art] = B.load_manifest(tflite_bundle)["artifacts"]
+    assert art["quick_check"]["max_rel_abs_error"] <= 1e-4
+    assert art["quick_check"]["pixel_agreement"] >= 0.999
+
+
+def test_rerun_skips_up_to_date_and_force_reconverts(tflite_bundle, random_weights, photos, capsys) -> None:
+    out = tflite_bundle.parent
+    artifact = tflite_bundle / f"{MODEL}_tflite_fp32.tflite"
+    before = artifact.stat().st_mtime_ns
+    assert _convert(out, random_weights, "--target", "tflite", "--precision", "fp32",
+                    "--calibration", str(photos)) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert artifact.stat().st_mtime_ns == before
+
+
+def test_package_zip_holds_what_the_manifest_lists(tflite_bundle: Path, tmp_path: Path) -> None:
+    assert package.main([str(tflite_bundle), "--zip", "--out", str(tmp_path / "b.zip")]) == 0
+    names = set(zipfile.ZipFile(tmp_path / "b.zip").namelist())
+    manifest = json.loads(zipfile.ZipFile(tmp_path / "b.zip").read("manifest.json"))
+    assert {a["file"] for a in manifest["artifacts"]} <= names
+    assert all(item["input"]["file"] in names for item in manifest["golden"]["items"])
+
+
+def test_altered_artifact_is_refused(tflite_bundle: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    copy = tmp_path / MODEL
+    shutil.copytree(tflite_bundle, copy)
+    art = copy / f"{MODEL}_tflite_fp32.tflite"
+    art.write_bytes(art.read_bytes()[:-1] + b"\0")
+    assert package.main([str(copy), "--zip"]) == 2
+    assert "was altered" in capsys.readouterr().err
+    assert not (tmp_path / f"{MODEL}.zip").exists()
+
+
+def test_bench_runs_reference_and_artifact(tflite_bundle: Path, random_weights: Path) -> None:
+    from espnet_mobile.bench import benchmark
+
+    rows, _ = benchmark(tflite_bundle, rounds=3, warmup=1, weights=str(random_weights))
+    assert [r.name for r in rows] == ["pytorch eager (reference)", "tflite"]
+    assert all(len(r.times_ms) == 3 and r.median_ms > 0 for r in rows)
+
+
+def test_int8_without_data_is_a_one_line_error(tmp_path, random_weights, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("ESPNET_MOBILE_IMAGES", raising=False)
+    assert _convert(tmp_path, random_weights, "--target", "tflite", "--precision", "int8") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: int8 needs calibration") and "--calibration DIR" in err and "\n" not in err
+    assert not (tmp_path / MODEL).exists()
+
+
+def test_unknown_precision_for_target_names_valid_ones(tmp_path, random_weights, capsys) -> None:
+    assert _convert(tmp_path, random_weights, "--target", "executorch", "--precision", "fp16") == 2
+    assert "executorch has no fp16 artifact; choose from fp32,int8" in capsys.readouterr().err
+
+
+def test_default_precisions_leave_out_int8_without_data(monkeypatch) -> None:
+    monkeypatch.delenv("ESPNET_MOBILE_IMAGES", raising=False)
+    opts = convert.ConvertOptions(targets=["coreml"], model_id=MODEL)
+    jobs, notes = convert.plan_jobs(opts, have_int8_data=False)
+    assert [j.precision for j in jobs] == ["fp32", "fp16"] and "int8 skipped" in notes[0]
+    jobs, _ = convert.plan_jobs(opts, have_int8_data=True)
+    assert [j.precision for j in jobs] == ["fp32", "fp16", "int8"]
+
+
+def test_missing_backend_disables_only_its_target(tmp_path, random_weights, photos, monkeypatch, capsys) -> None:
+    real = convert.backend_module
+
+    class Missing:
+        @staticmethod
+        def convert(_req):
+            raise MissingBackendError("coremltools is not installed: pip install coremltools==9.0")
+
+    monkeypatch.setattr(convert, "backend_module", lambda t: Missing if t == "coreml" else real(t))
+    code = _convert(tmp_path, random_weights, "--target", "coreml", "--precision", "fp32",
+                    "--calibration", str(photos))
+    out = capsys.readouterr()
+    assert code == 2 and "skipped - coremltools is not installed" in out.out
+    assert B.load_manifest(tmp_path / MODEL)["artifacts"] == []
+
+
+def test_killed_conversion_leaves_previous_bundle_intact(tflite_bundle, random_weights, photos, tmp_path) -> None:
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(tflite_bundle, out / MODEL)
+    before = (out / MODEL / "manifest.json").read_text()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "espnet_mobile.convert", "--model", MODEL, "--weights", str(random_weights),
+         "--input-size", SIZE, "--out", str(out), "--target", "tflite", "--precision", "fp32,fp16",
+         "--calibration", str(photos), "--force"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    deadline = time.time() + 300
+    for line in proc.stdout:  # kill it while it converts
+        if "converting" in line or time.time() > deadline:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    manifest = B.load_manifest(out / MODEL)  # still valid, every listed file intact
+    assert manifest["artifacts"] and json.loads(before)["model_id"] == manifest["model_id"]
+    leftovers = [p.name for p in (out / MODEL).iterdir() if p.name.startswith(".")]
+    assert all(p.startswith(".") for p in leftovers)  # only hidden temporaries, never a half artifact
