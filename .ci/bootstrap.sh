@@ -9,6 +9,39 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPY=.venv/bin/python
+
+# Kotlin compiler and JUnit 4 for the Android app's pure Kotlin core (android_demo/core/run_tests.sh,
+# tests/test_android_core.py). Not fatal: without them those tests skip (and fail under CI=true).
+KOTLIN_VERSION=2.4.20
+KOTLIN_TGZ_SHA256=c23dab400d7ce5ea8b6c909947c0ca5454189e4bb1108695b5f464500e5e950f
+install_kotlinc() {
+  local dest="${KOTLINC_HOME:-.venv/tools/kotlinc}" tmp
+  if [ -x "$dest/bin/kotlinc" ] && [ "$(cat "$dest/.version" 2>/dev/null)" = "$KOTLIN_VERSION" ]; then
+    return 0
+  fi
+  command -v npm >/dev/null 2>&1 || { echo "bootstrap: npm not found, kotlinc not installed"; return 1; }
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && npm pack --silent "kotlin-compiler@$KOTLIN_VERSION" >/dev/null) || { rm -rf "$tmp"; return 1; }
+  if [ "$(sha256sum "$tmp/kotlin-compiler-$KOTLIN_VERSION.tgz" | cut -d' ' -f1)" != "$KOTLIN_TGZ_SHA256" ]; then
+    echo "bootstrap: kotlin-compiler-$KOTLIN_VERSION.tgz has an unexpected sha256"; rm -rf "$tmp"; return 1
+  fi
+  tar -xzf "$tmp/kotlin-compiler-$KOTLIN_VERSION.tgz" -C "$tmp" && mkdir -p "$(dirname "$dest")" \
+    && rm -rf "$dest" && mv "$tmp/package" "$dest" && echo "$KOTLIN_VERSION" > "$dest/.version" \
+    || { rm -rf "$tmp"; return 1; }
+  rm -rf "$tmp"
+  echo "bootstrap: kotlinc $KOTLIN_VERSION in $dest"
+}
+install_junit() {
+  [ -f /usr/share/java/junit4.jar ] && { [ -f /usr/share/java/hamcrest-core.jar ] || [ -f /usr/share/java/hamcrest.jar ]; } && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -qq --no-install-recommends junit4 libhamcrest-java >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends junit4 libhamcrest-java >/dev/null; }
+  else
+    echo "bootstrap: JUnit 4 missing; install the Debian packages junit4 and libhamcrest-java"; return 1
+  fi
+}
+install_kotlinc || echo "bootstrap: warning: no kotlinc; the Kotlin core tests will skip"
+install_junit || echo "bootstrap: warning: no JUnit 4; the Kotlin core tests will skip"
 stamp=.venv/.espnet_mobile_bootstrap
 want="$(sha256sum pyproject.toml .ci/bootstrap.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VPY" -c "import espnet_mobile, torch" 2>/dev/null; then
