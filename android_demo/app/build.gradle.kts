@@ -1,0 +1,68 @@
+// The sample app: a bundle from assets/bundle/, ExecuTorch and LiteRT runtimes, Compose UI.
+import org.jetbrains.kotlin.gradle.dsl.JvmTarget
+
+plugins {
+    alias(libs.plugins.android.application)
+    alias(libs.plugins.kotlin.android)
+    alias(libs.plugins.kotlin.compose)
+}
+
+android {
+    namespace = "org.espnetmobile.demo"
+    compileSdk = 35
+
+    defaultConfig {
+        applicationId = "org.espnetmobile.demo"
+        // 28: ImageDecoder (EXIF orientation applied when decoding, as the Python pipeline does).
+        minSdk = 28
+        targetSdk = 35
+        versionCode = 1
+        versionName = "0.1.0"
+        testInstrumentationRunner = "androidx.test.runner.AndroidJUnitRunner"
+    }
+
+    buildTypes {
+        release {
+            isMinifyEnabled = false
+        }
+    }
+
+    compileOptions {
+        sourceCompatibility = JavaVersion.VERSION_17
+        targetCompatibility = JavaVersion.VERSION_17
+    }
+
+    buildFeatures {
+        compose = true
+    }
+
+    androidResources {
+        // Models are read in place (LiteRT maps .tflite assets); golden tensors are read whole.
+        noCompress += listOf("tflite", "pte", "f32", "f16", "u8")
+    }
+}
+
+kotlin {
+    compilerOptions { jvmTarget.set(JvmTarget.JVM_17) }
+}
+
+dependencies {
+    implementation(project(":core"))
+
+    implementation(platform(libs.compose.bom))
+    implementation(libs.compose.ui)
+    implementation(libs.compose.foundation)
+    implementation(libs.compose.material3)
+    implementation(libs.compose.ui.tooling.preview)
+    implementation(libs.activity.compose)
+    implementation(libs.lifecycle.viewmodel.compose)
+    implementation(libs.coroutines.android)
+
+    implementation(libs.executorch.android)
+    implementation(libs.litert)
+    implementation(libs.litert.gpu)
+
+    androidTestImplementation(libs.androidx.test.runner)
+    androidTestImplementation(libs.androidx.test.ext.junit)
+    androidTestImplementation(libs.junit)
+}
