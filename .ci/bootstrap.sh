@@ -44,12 +44,23 @@ install_kotlinc || echo "bootstrap: warning: no kotlinc; the Kotlin core tests w
 install_junit || echo "bootstrap: warning: no JUnit 4; the Kotlin core tests will skip"
 stamp=.venv/.espnet_mobile_bootstrap
 want="$(sha256sum pyproject.toml .ci/bootstrap.sh | sha256sum | cut -c1-16)"
+# Runtime extras outside pip, each idempotent and a no-op when already done:
+# Mesa 25's lavapipe (Vulkan on the CPU) for the LiteRT GPU tests, unpacked into
+# .venv/lavapipe from Debian bookworm-backports without a system install.
+extras() {
+  if command -v apt-get >/dev/null; then
+    bash espnet_mobile/runtimes/setup_lavapipe.sh .venv/lavapipe \
+      || echo "bootstrap: WARNING lavapipe setup failed; the LiteRT GPU tests will report why"
+  fi
+}
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VPY" -c "import espnet_mobile, torch" 2>/dev/null; then
+  extras
   echo "bootstrap: .venv is up to date"
   exit 0
 fi
 "$VPY" -m pip install --quiet --upgrade pip
 "$VPY" -m pip install --quiet torch==2.13.0
 "$VPY" -m pip install --quiet -e ".[all,dev]"
+extras
 echo "$want" > "$stamp"
 echo "bootstrap: .venv ready ($("$VPY" -c 'import torch; print("torch", torch.__version__)'))"

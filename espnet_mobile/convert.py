@@ -37,6 +37,9 @@ TARGETS = ("executorch", "coreml", "tflite")
 TARGET_PRECISIONS = {"executorch": ("fp32", "int8"), "coreml": ("fp32", "fp16", "int8"),
                      "tflite": ("fp32", "fp16", "int8")}
 EXECUTORCH_EXTRA_DELEGATES = {"coreml": ("fp16",), "vulkan": ("fp32",)}
+# A GPU-bound TFLite graph (exact rewrites the LiteRT GPU accelerator needs, see
+# espnet_mobile.runtimes.litert_gpu.gpu_friendly), made besides the plain ones.
+TFLITE_GPU_PRECISIONS = ("fp32",)
 MAX_CALIBRATION_IMAGES = 64
 IMAGES_ENV = "ESPNET_MOBILE_IMAGES"
 
@@ -106,6 +109,8 @@ def plan_jobs(opts: ConvertOptions, have_int8_data: bool) -> tuple[list[Job], li
         if target == "executorch" and opts.extra_delegates and opts.precisions is None:
             for delegate, precisions in EXECUTORCH_EXTRA_DELEGATES.items():
                 jobs += [Job(target, p, delegate) for p in precisions]
+        if target == "tflite" and opts.extra_delegates and opts.precisions is None:
+            jobs += [Job(target, p, "gpu") for p in TFLITE_GPU_PRECISIONS if p in wanted]
     return jobs, notes
 
 
@@ -262,8 +267,13 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
             options["bundle"] = job.delegate == "xnnpack"
             options["bundle_inputs"] = [torch.from_numpy(g.input) for g in golden]
             options["bundle_expected"] = [torch.from_numpy(g.logits) for g in golden]
+        module = deployable
+        if job.delegate == "gpu":
+            from espnet_mobile.runtimes.litert_gpu import gpu_friendly
+
+            module = gpu_friendly(deployable)
         request = ConversionRequest(
-            module=deployable, example_input=torch.from_numpy(golden[0].input), precision=job.precision,
+            module=module, example_input=torch.from_numpy(golden[0].input), precision=job.precision,
             out_path=bundle / name, model_id=entry.model_id, calibration=calibration,
             labels=list(entry.data.classes), options=options,
             metadata={"author": "espnet-mobile; model by Sachin Mehta et al.", "license": "MIT",
@@ -355,7 +365,7 @@ def parse_args(argv: list[str] | None) -> ConvertOptions:
                         help="fixed input size of the artifacts (default: the zoo's training size)")
     parser.add_argument("--nhwc", action="store_true", help="TFLite artifacts take NHWC input")
     parser.add_argument("--no-extra-delegates", action="store_true",
-                        help="skip ExecuTorch's Core ML and Vulkan delegates")
+                        help="skip ExecuTorch's Core ML and Vulkan delegates and the GPU-bound TFLite graph")
     args = parser.parse_args(argv)
     precisions = None
     if args.precision:

@@ -87,6 +87,7 @@ class Record:
     failures: list[str] = field(default_factory=list)
     culprit: dict[str, Any] | None = None
     device_steps: str | None = None
+    judged_as: str = ""
     masks: list[np.ndarray] = field(default_factory=list, repr=False)
 
 
@@ -126,7 +127,7 @@ def reference_outputs(entry, model, samples, height: int, width: int) -> list[Re
 
 def judge(record: Record, refs: list[Reference], thresholds: dict, reference_miou: float | None) -> None:
     m = record.metrics or {}
-    t = dict(thresholds.get(record.precision, {}))
+    t = dict(thresholds.get(record.judged_as or record.precision, {}))
     record.thresholds = t
     failures = []
     if m["pixel_agreement"] < t.get("min_pixel_agreement", 0):
@@ -206,7 +207,8 @@ def run_parity(bundle: Path, args: argparse.Namespace, log=print) -> tuple[list[
             if not spec.applies(art) or (only and spec.name not in only and art["file"] not in only):
                 continue
             rec = Record(art["file"], art["target"], art["delegate"], art["precision"], spec.name,
-                         spec.compute_unit, executed=False, label=spec.label)
+                         spec.compute_unit, executed=False, label=spec.label,
+                         judged_as=spec.judged_as(art["precision"]))
             ok, why = spec.status()
             if not ok:
                 rec.reason = why
@@ -271,7 +273,8 @@ def record_json(rec: Record) -> dict:
     return {
         "artifact": rec.artifact, "target": rec.target, "delegate": rec.delegate, "precision": rec.precision,
         "runtime": rec.runtime, "compute_unit": rec.compute_unit, "label": rec.label, "executed": rec.executed,
-        "reason": rec.reason, "metrics": _finite(rec.metrics), "thresholds": rec.thresholds, "passed": rec.passed,
+        "reason": rec.reason, "metrics": _finite(rec.metrics), "judged_as": rec.judged_as or rec.precision,
+        "thresholds": rec.thresholds, "passed": rec.passed,
         "failures": rec.failures, "culprit": rec.culprit, "device_steps": rec.device_steps,
     }
 

@@ -29,6 +29,15 @@ class RuntimeSpec:
     delegates: tuple[str, ...]
     load: Callable[[Path, dict], Runner]  # (artifact path, manifest record) -> runner
     status: Callable[[], tuple[bool, str]]  # (available here, why not)
+    # Arithmetic precision the runtime itself imposes (e.g. a GPU computing in fp16), if any.
+    compute_precision: str | None = None
+
+    def judged_as(self, artifact_precision: str) -> str:
+        """The precision whose thresholds apply: the lossier of the artifact's and the runtime's."""
+        order = ("fp32", "fp16", "int8")
+        if self.compute_precision is None:
+            return artifact_precision
+        return max(artifact_precision, self.compute_precision, key=order.index)
 
     def applies(self, artifact: dict) -> bool:
         return artifact["target"] in self.targets and artifact["delegate"] in self.delegates
