@@ -227,27 +227,77 @@ def _replace_standalone_batchnorms(module: nn.Module) -> None:
 # --------------------------------------------------------------------------- ESPNetv2
 
 
+def pool_then_depthwise(pool: tuple[int, int], conv: nn.Conv2d) -> nn.Conv2d:
+    """One depth-wise conv equal to k_h x k_w average pooling (stride = kernel) then a 3x3 depth-wise conv.
+
+    Output (u, v) reads pooled cells u-1..u+1, i.e. inputs k*u - k .. k*u + 2k - 1:
+    a (3 k_h) x (3 k_w) kernel at stride k with padding k, tap (i, j) = w[i // k_h, j // k_w] / (k_h k_w).
+    Exact when the input size is a multiple of the pool (the zero padding lines up).
+    """
+    kh, kw = pool
+    c = conv.in_channels
+    weight = conv.weight.detach().repeat_interleave(kh, dim=2).repeat_interleave(kw, dim=3) / (kh * kw)
+    fused = nn.Conv2d(c, c, (3 * kh, 3 * kw), stride=(kh, kw), padding=(kh, kw), groups=c, bias=False)
+    with torch.no_grad():
+        fused.weight.copy_(weight)
+    return fused
+
+
+def depthwise_then_pool(conv: nn.Conv2d, pool: tuple[int, int]) -> nn.Conv2d:
+    """One depth-wise conv equal to a 3x3 depth-wise conv (padding 1) then k_h x k_w average pooling.
+
+    The kernel is the 3x3 weight convolved with a k_h x k_w box / (k_h k_w): (k_h + 2) x (k_w + 2)
+    taps at stride k, padding 1. Exact when the input size is a multiple of the pool.
+    """
+    kh, kw = pool
+    c = conv.in_channels
+    w = conv.weight.detach()
+    weight = torch.zeros(c, 1, kh + 2, kw + 2, dtype=w.dtype)
+    for dy in range(kh):
+        for dx in range(kw):
+            weight[:, :, dy:dy + 3, dx:dx + 3] += w
+    fused = nn.Conv2d(c, c, (kh + 2, kw + 2), stride=(kh, kw), padding=1, groups=c, bias=False)
+    with torch.no_grad():
+        fused.weight.copy_(weight / (kh * kw))
+    return fused
+
+
 class DeployPyramidPool(nn.Module):
-    """EfficientPyramidPool at a fixed input size, with fixed-size resizes and pools."""
+    """EfficientPyramidPool at a fixed input size, with fixed-size resizes and pools.
+
+    Where a pyramid level's pooling is plain (sizes divide), it is folded into
+    the level's depth-wise conv, so no average-pooling op remains (int8
+    average pooling has no XNNPACK kernel in LiteRT and splits delegation).
+    """
 
     def __init__(self, ref: EfficientPyramidPool, hw: tuple[int, int]) -> None:
         super().__init__()
         self.projection_layer = ref.projection_layer
-        self.stages = ref.stages
         h, w = hw
         self.before = nn.ModuleList()
+        self.stages = nn.ModuleList()
         self.after = nn.ModuleList()
-        for scale in ref.scales:
+        for scale, stage in zip(ref.scales, ref.stages, strict=True):
             size = (pyramid_size(h, scale), pyramid_size(w, scale))
+            before: nn.Module = nn.Identity()
+            after: nn.Module = nn.Identity()
             if scale < 1.0:
-                self.before.append(FixedAdaptiveAvgPool2d((h, w), size))
-                self.after.append(FixedResize((h, w)))
+                pool = FixedAdaptiveAvgPool2d((h, w), size)
+                if pool.pool_kernel is not None and pool.pool_kernel != (1, 1):
+                    stage = pool_then_depthwise(pool.pool_kernel, stage)
+                else:
+                    before = pool
+                after = FixedResize((h, w))
             elif scale > 1.0:
-                self.before.append(FixedResize(size))
-                self.after.append(FixedAdaptiveAvgPool2d(size, (h, w)))
-            else:
-                self.before.append(nn.Identity())
-                self.after.append(nn.Identity())
+                before = FixedResize(size)
+                pool = FixedAdaptiveAvgPool2d(size, (h, w))
+                if pool.pool_kernel is not None and pool.pool_kernel != (1, 1):
+                    stage = depthwise_then_pool(stage, pool.pool_kernel)
+                else:
+                    after = pool
+            self.before.append(before)
+            self.stages.append(stage)
+            self.after.append(after)
         merge = ref.merge_layer
         k = len(ref.scales)
         channels = ref.stages[0].in_channels * k

@@ -120,3 +120,20 @@ def test_deployable_matches_reference_and_exports(weights_dir, model_id: str) ->
     assert "aten.adaptive_avg_pool2d.default" not in counts
     assert "aten.prelu.default" in counts and "aten.sym_size.int" not in counts
     print(f"\n{model_id}: max|diff|/max|logit| = {rel:.2e}\n{format_op_counts(counts)}")
+
+
+@pytest.mark.parametrize("hw", [(16, 16), (8, 12)])
+def test_pooling_folded_into_depthwise_is_exact(hw) -> None:
+    from espnet_mobile.deploy import depthwise_then_pool, pool_then_depthwise
+
+    conv = torch.nn.Conv2d(5, 5, 3, padding=1, groups=5, bias=False)
+    x = torch.randn(1, 5, *hw)
+    with torch.no_grad():
+        assert torch.allclose(pool_then_depthwise((2, 2), conv)(x), conv(F.avg_pool2d(x, 2)), atol=1e-5)
+        assert torch.allclose(depthwise_then_pool(conv, (2, 2))(x), F.avg_pool2d(conv(x), 2), atol=1e-5)
+
+
+def test_espnetv2_deployable_graph_has_no_average_pooling() -> None:
+    model = em.create_model("espnetv2_s_0.5_pascal_256x256")
+    counts = exported_op_counts(export(make_deployable(model, "espnetv2_s_0.5_pascal_256x256")))
+    assert not any("avg_pool" in name for name in counts), counts

@@ -1,0 +1,352 @@
+"""TFLite / LiteRT converter: numerics per precision, layout option, signature, errors.
+
+The network here is a small stand-in assembled from the operators the
+deployable ESPNet/ESPNetv2 graphs use, so the conversions take seconds; the
+full-size models are covered by the parity step.
+"""
+
+from __future__ import annotations
+
+import builtins
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from converters.common import ConversionError, ConversionRequest, MissingBackendError
+
+tflite = pytest.importorskip("converters.tflite")
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_litert")
+
+SIZE = 64
+NUM_CLASSES = 6
+
+
+class _ConvBNPReLU(nn.Module):
+    def __init__(self, c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1,
+                 dilation: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, k, stride, padding=(k // 2) * dilation, dilation=dilation,
+                              groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.act = nn.PReLU(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class TinySegNet(nn.Module):
+    """Every operator kind of the deployable graphs, at 64x64."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = _ConvBNPReLU(3, 12, 3, stride=2)  # 32x32
+        self.down = nn.Conv2d(12, 12, 3, stride=2, padding=1)  # strided, 16x16
+        self.grouped = _ConvBNPReLU(24, 24, 3, groups=4)
+        self.dilated_dw = nn.Conv2d(24, 24, 3, padding=2, dilation=2, groups=24)
+        self.gate = nn.Conv2d(24, 24, 1)
+        self.bn = nn.BatchNorm2d(24)  # BN that follows an add, not a conv
+        self.act = nn.PReLU(24)
+        self.merge = _ConvBNPReLU(24, 24, 3, groups=6)
+        self.head = nn.Conv2d(24, 12, 1)
+        self.up = nn.ConvTranspose2d(12, 12, 2, stride=2)  # 32 -> 64
+        self.merge_bn = nn.BatchNorm2d(24)  # BN + PReLU right after a concat
+        self.merge_act = nn.PReLU(24)
+        self.classifier = nn.Conv2d(24, NUM_CLASSES, 1)
+        g = torch.Generator().manual_seed(1)
+        self.register_buffer("mix_w", torch.softmax(torch.randn(32, 32, generator=g), dim=1))
+        self.register_buffer("mix_h", torch.softmax(torch.randn(32, 32, generator=g), dim=1))
+        for m in self.modules():  # non-trivial statistics and slopes, as in trained weights
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.weight.data.uniform_(0.5, 1.5, generator=g)
+                m.bias.data.uniform_(-0.3, 0.3, generator=g)
+            elif isinstance(m, nn.PReLU):
+                m.weight.data.uniform_(-0.2, 0.6, generator=g)
+        self.merge.act.weight.data[0] = 1.5  # a slope above 1 takes the longer PReLU rewrite
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        pooled = F.avg_pool2d(F.pad(x, (1, 1, 1, 1)), 3, stride=2)  # explicit zero pad, then pool
+        y = torch.cat([self.down(x), pooled], dim=1)
+        y = y + self.dilated_dw(self.grouped(y))
+        y = y * torch.sigmoid(self.gate(F.adaptive_avg_pool2d(y, 1)))
+        y = self.act(self.bn(y))
+        y = y.reshape(1, 4, 6, 16, 16).transpose(1, 2).reshape(1, 24, 16, 16)  # channel shuffle
+        y = self.merge(y)
+        y = F.interpolate(y, size=(32, 32), mode="bilinear", align_corners=True)
+        y = F.linear(y, self.mix_w)  # constant matrix on W
+        y = F.linear(y.permute(0, 1, 3, 2), self.mix_h).permute(0, 1, 3, 2)  # and on H
+        y = self.up(self.head(y))
+        skip = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=True)
+        return self.classifier(self.merge_act(self.merge_bn(torch.cat([y, skip], dim=1))))
+
+
+def _images(n: int, seed: int) -> list[torch.Tensor]:
+    """Smooth random 'photos' in [0, 1]: low-resolution noise upsampled, plus a little grain."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        coarse = torch.rand(1, 3, 8, 8, generator=g)
+        img = F.interpolate(coarse, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+        out.append((img + 0.05 * torch.rand(1, 3, SIZE, SIZE, generator=g)).clamp(0, 1))
+    return out
+
+
+@pytest.fixture(scope="module")
+def net() -> TinySegNet:
+    torch.manual_seed(0)
+    return TinySegNet().eval()
+
+
+@pytest.fixture(scope="module")
+def example() -> torch.Tensor:
+    return _images(1, seed=99)[0]
+
+
+@pytest.fixture(scope="module")
+def eval_images() -> list[torch.Tensor]:
+    return _images(4, seed=7)
+
+
+def _request(net: nn.Module, example: torch.Tensor, precision: str, out: Path, **kw) -> ConversionRequest:
+    return ConversionRequest(module=net, example_input=example, precision=precision, out_path=out,
+                             model_id="tiny", **kw)
+
+
+@pytest.fixture(scope="module")
+def converted(net, example, tmp_path_factory) -> dict:
+    """Each precision converted once (calibration for int8 on images unlike the test images)."""
+    out_dir = tmp_path_factory.mktemp("tflite")
+    cache: dict = {}
+
+    def get(precision: str, **options):
+        key = (precision, tuple(sorted(options.items())))
+        if key not in cache:
+            suffix = "_".join(f"{k}" for k in options)
+            path = out_dir / f"tiny_{precision}{'_' + suffix if suffix else ''}.tflite"
+            calibration = _images(12, seed=3) if precision == "int8" else None
+            cache[key] = tflite.convert(_request(net, example, precision, path, calibration=calibration,
+                                                 options=options))
+        return cache[key]
+
+    return get
+
+
+def _eager(net: nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return net(x).numpy()
+
+
+def test_fp32_matches_eager(net, eval_images, converted):
+    result = converted("fp32")
+    assert result.path.is_file() and result.target == "tflite" and result.precision == "fp32"
+    assert result.report["float_ops"]  # a float model: every op computes in float
+    for x in eval_images:
+        ref = _eager(net, x)
+        out = tflite.run_tflite(result.path, x.numpy())
+        assert out.dtype == np.float32 and out.shape == ref.shape
+        assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_fp16_is_close_and_smaller(net, eval_images, converted):
+    fp16, fp32 = converted("fp16"), converted("fp32")
+    assert fp16.report["ops"].get("DEQUANTIZE", 0) > 0  # float16 weights, dequantized for compute
+    assert fp16.path.stat().st_size < fp32.path.stat().st_size
+    for x in eval_images:
+        ref = _eager(net, x)
+        out = tflite.run_tflite(fp16.path, x.numpy())
+        assert np.abs(out - ref).max() <= 1e-2 * np.abs(ref).max()
+        assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.99
+
+
+@pytest.mark.slow  # the int8 conversion of even this small graph takes ~30 s
+def test_int8_is_full_integer_with_float_io(converted):
+    result = converted("int8")
+    report = result.report
+    assert report["quantization"] == "pt2e-ptq" and report["calibration_samples"] == 12
+    assert report["float_ops"] == {}, f"ops left in float: {report['float_ops']}"
+    assert report["ops"].get("DEQUANTIZE") == 1  # only at the output
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(result.path)).get_signature_runner("segment")
+    (inp,) = runner.get_input_details().values()
+    (out,) = runner.get_output_details().values()
+    assert inp["dtype"] == np.float32 and out["dtype"] == np.float32
+
+
+@pytest.mark.slow  # the int8 conversion of even this small graph takes ~30 s
+def test_int8_argmax_agrees_with_eager(net, eval_images, converted):
+    path = converted("int8").path
+    agreement = [
+        (tflite.run_tflite(path, x.numpy()).argmax(1) == _eager(net, x).argmax(1)).mean()
+        for x in eval_images
+    ]
+    assert min(agreement) >= 0.97, agreement
+
+
+@pytest.mark.slow  # the int8 conversion of even this small graph takes ~30 s
+def test_int8_file_is_smaller_than_fp32(converted):
+    assert converted("int8").path.stat().st_size < converted("fp32").path.stat().st_size
+
+
+def test_signature_names(converted):
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = converted("fp32").path
+    assert Interpreter(model_path=str(path)).get_signature_list() == {
+        "segment": {"inputs": ["image"], "outputs": ["logits"]}
+    }
+    report = converted("fp32").report
+    assert report["signature"] == "segment" and report["input"]["name"] == "image"
+    assert report["input"]["layout"] == "NCHW" and report["input"]["shape"] == [1, 3, SIZE, SIZE]
+
+
+def test_nhwc_input(net, eval_images, converted):
+    result = converted("fp32", nhwc=True)
+    assert result.report["input"]["layout"] == "NHWC"
+    assert result.report["input"]["shape"] == [1, SIZE, SIZE, 3]
+    x = eval_images[0]
+    ref = _eager(net, x)
+    out = tflite.run_tflite(result.path, x.permute(0, 2, 3, 1).numpy())
+    assert out.shape == ref.shape  # logits stay NCHW
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+    with pytest.raises(ValueError, match="does not match"):
+        tflite.run_tflite(result.path, x.numpy())  # NCHW into an NHWC artifact
+
+
+def test_result_metadata(converted):
+    result = converted("fp32")
+    versions = result.tool_versions
+    assert set(versions) == {"torch", "litert-torch", "ai-edge-litert"}
+    assert versions["torch"] == torch.__version__
+    assert result.executable_here and result.compute_units
+    assert result.report["bytes"] == result.path.stat().st_size
+
+
+def test_unknown_precision_lists_valid_ones(net, example, tmp_path):
+    out = tmp_path / "x.tflite"
+    with pytest.raises(ConversionError, match=r"fp32, fp16, int8"):
+        tflite.convert(_request(net, example, "int4", out))
+    assert not out.exists()
+
+
+def test_int8_without_data_names_the_fix(net, example, tmp_path):
+    with pytest.raises(ConversionError, match=r"--calibration DIR.*--qat-checkpoint PATH"):
+        tflite.convert(_request(net, example, "int8", tmp_path / "x.tflite"))
+
+
+def test_bad_calibration_shape(net, example, tmp_path):
+    with pytest.raises(ConversionError, match=r"calibration tensor 0 has shape"):
+        tflite.convert(_request(net, example, "int8", tmp_path / "x.tflite",
+                                calibration=[torch.rand(1, 3, 32, 32)]))
+
+
+def test_missing_backend_names_the_install(net, example, tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_litert(name, *args, **kwargs):
+        if name == "litert_torch" or name.startswith("litert_torch."):
+            raise ImportError("No module named 'litert_torch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_litert)
+    with pytest.raises(MissingBackendError, match=r"pip install litert-torch==0\.10\.0"):
+        tflite.convert(_request(net, example, "fp32", tmp_path / "x.tflite"))
+
+
+def test_failed_conversion_leaves_no_file(example, tmp_path):
+    class Broken(nn.Module):
+        def forward(self, x):
+            return torch.linalg.eigvals(x[0, 0])  # complex output: not convertible
+
+    out = tmp_path / "broken.tflite"
+    with pytest.raises(ConversionError):
+        tflite.convert(_request(Broken().eval(), example, "fp32", out))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_tflite_rejects_unknown_accelerator(converted):
+    with pytest.raises(ValueError, match="cpu, cpu_reference, gpu"):
+        tflite.run_tflite(converted("fp32").path, np.zeros((1, 3, SIZE, SIZE), np.float32),
+                          accelerator="npu")
+
+
+def test_run_tflite_reference_kernels_agree(eval_images, converted):
+    path = converted("fp32").path
+    x = eval_images[1].numpy()
+    a = tflite.run_tflite(path, x)
+    b = tflite.run_tflite(path, x, accelerator="cpu_reference")
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+
+
+def test_quantizer_ties_same_scale_ops_to_one_observer(net, example):
+    """Regression for "quantization parameters violate the same scale constraint" on a TRANSPOSE.
+
+    Every single-input data-movement op (reshape, transpose, pad, pooling,
+    resize) must read and write through one observer, so TFLite sees equal
+    input and output scales.
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    gm = prepare_pt2e(torch.export.export(net, (example,), strict=False).module(), tflite.get_quantizer())
+    for x in _images(2, seed=5):
+        gm(x)
+    checked = set()
+    for node in gm.graph.nodes:
+        name = getattr(node.target, "__name__", "")
+        if node.op != "call_function" or not name.startswith(
+                ("transpose", "reshape", "avg_pool2d", "pad", "upsample_bilinear2d", "permute")):
+            continue
+        before, (after,) = node.args[0], node.users
+        assert before.op == "call_module" and after.op == "call_module", node.name
+        assert getattr(gm, before.target) is getattr(gm, after.target), node.name
+        checked.add(name.split(".")[0])
+    assert {"transpose", "reshape", "avg_pool2d", "pad", "upsample_bilinear2d", "permute"} <= checked
+
+
+def test_quantizer_rewrites_are_exact(net, example):
+    """Each graph rewrite done before annotation changes no numbers."""
+    gm = torch.export.export(net, (example,), strict=False).module()
+    ref = gm(example)
+    steps = [  # (rewrite, how many places it applies to in TinySegNet)
+        (tflite._rewrite_eval_batch_norm, 5),  # all 5 here: conv-BN folding runs in prepare_pt2e
+        (tflite._unshare_constants, None),
+        (tflite._split_affine_after_cat, 1),  # cat -> BN -> PReLU before the classifier
+        (tflite._decompose_prelu, 6),  # 5 PReLUs, the one after the concat now split in two
+    ]
+    for rewrite, expected in steps:
+        n = rewrite(gm)
+        if expected is not None:
+            assert n == expected, rewrite.__name__
+        torch.testing.assert_close(gm(example), ref, rtol=1e-5, atol=1e-5, msg=rewrite.__name__)
+    targets = {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
+    assert not any(k in t for t in targets for k in ("prelu", "batch_norm"))
+
+
+@pytest.mark.slow
+def test_int8_from_qat_module(net, example, eval_images, tmp_path):
+    """A module prepared with prepare_qat_pt2e + get_quantizer(qat=True) converts to the same contract."""
+    import copy
+
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    train_net = copy.deepcopy(net).train()  # QAT graphs are captured in training mode
+    gm = torch.export.export(train_net, (example,), strict=False).module()
+    qat = prepare_qat_pt2e(gm, tflite.get_quantizer(qat=True))
+    # Stand-in for fine-tuning: let the fake-quant observers see data, BatchNorm statistics frozen.
+    move_exported_model_to_eval(qat)
+    with torch.no_grad():
+        for x in _images(8, seed=11):
+            qat(x)
+    result = tflite.convert(_request(net, example, "int8", tmp_path / "qat.tflite", qat_module=qat))
+    assert result.report["quantization"] == "pt2e-qat"
+    for x in eval_images[:2]:
+        out = tflite.run_tflite(result.path, x.numpy())
+        assert (out.argmax(1) == _eager(net, x).argmax(1)).mean() >= 0.95
