@@ -12,7 +12,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,23 @@ class ConversionResult:
     seconds: float
     report: dict[str, Any] = field(default_factory=dict)
     not_executable_reason: str | None = None
+
+
+def calibration_batches(calibration: Sequence[torch.Tensor], example: torch.Tensor) -> list[torch.Tensor]:
+    """Split calibration tensors into batch-1 tensors shaped like ``example``; wrong shapes are an error."""
+    batches: list[torch.Tensor] = []
+    for i, t in enumerate(calibration):
+        if not isinstance(t, torch.Tensor):
+            raise ConversionError(f"calibration item {i} is a {type(t).__name__}, expected a tensor")
+        if t.dim() == example.dim() - 1:
+            t = t.unsqueeze(0)
+        if t.dim() != example.dim() or tuple(t.shape[1:]) != tuple(example.shape[1:]):
+            raise ConversionError(
+                f"calibration item {i} has shape {tuple(t.shape)}; every calibration tensor must be "
+                f"shaped like the example input {tuple(example.shape)} (or a batch of them)"
+            )
+        batches.extend(t.to(example.dtype).split(1, dim=0))
+    return batches
 
 
 @contextlib.contextmanager

@@ -51,6 +51,7 @@ from converters.common import (
     ConversionResult,
     MissingBackendError,
     atomic_output,
+    calibration_batches,
 )
 
 COREMLTOOLS_PIN = "coremltools==9.0"
@@ -501,21 +502,6 @@ def coreml_quantizer(
     return _CoreMLQuantizer()
 
 
-def _calibration_batches(calibration: Sequence[torch.Tensor], example: torch.Tensor) -> list[torch.Tensor]:
-    """Split calibration tensors into batch-1 tensors shaped like ``example``."""
-    batches: list[torch.Tensor] = []
-    for i, t in enumerate(calibration):
-        if not isinstance(t, torch.Tensor):
-            raise ConversionError(f"calibration item {i} is a {type(t).__name__}, expected a tensor")
-        if t.dim() == example.dim() - 1:
-            t = t.unsqueeze(0)
-        if t.dim() != example.dim() or tuple(t.shape[1:]) != tuple(example.shape[1:]):
-            raise ConversionError(
-                f"calibration item {i} has shape {tuple(t.shape)}; every calibration tensor must be "
-                f"shaped like the example input {tuple(example.shape)} (or a batch of them)"
-            )
-        batches.extend(t.to(example.dtype).split(1, dim=0))
-    return batches
 
 
 _Q_OPS = ("quantize_per_tensor", "quantize_per_channel")
@@ -590,7 +576,7 @@ def quantize_pt2e(
     else:
         if not calibration:
             raise ConversionError(f"int8 Core ML conversion needs calibration data or a QAT model: {_CALIBRATION_FIX}")
-        batches = _calibration_batches(calibration, example_input)
+        batches = calibration_batches(calibration, example_input)
         quantizer = quantizer if quantizer is not None else coreml_quantizer()
         captured = torch.export.export(module.eval(), (example_input,), strict=False).module()
         prepared = prepare_pt2e(captured, quantizer)

@@ -38,6 +38,7 @@ from converters.common import (
     ConversionResult,
     MissingBackendError,
     atomic_output,
+    calibration_batches,
 )
 
 EXECUTORCH_PIN = "executorch==1.5.1"
@@ -139,21 +140,6 @@ def _check_target(delegate: str, precision: str) -> None:
         )
 
 
-def _calibration_batches(calibration: Sequence[torch.Tensor], example: torch.Tensor) -> list[torch.Tensor]:
-    """Split calibration tensors into batch-1 tensors shaped like ``example``."""
-    batches: list[torch.Tensor] = []
-    for i, t in enumerate(calibration):
-        if not isinstance(t, torch.Tensor):
-            raise ConversionError(f"calibration item {i} is a {type(t).__name__}, expected a tensor")
-        if t.dim() == example.dim() - 1:
-            t = t.unsqueeze(0)
-        if t.dim() != example.dim() or tuple(t.shape[1:]) != tuple(example.shape[1:]):
-            raise ConversionError(
-                f"calibration item {i} has shape {tuple(t.shape)}; every calibration tensor must be "
-                f"shaped like the example input {tuple(example.shape)} (or a batch of them)"
-            )
-        batches.extend(t.to(example.dtype).split(1, dim=0))
-    return batches
 
 
 # --------------------------------------------------------------------------- quantization
@@ -317,7 +303,7 @@ def quantize_pt2e(
     else:
         if not calibration:
             raise ConversionError(f"int8 needs calibration data or a QAT model: {_CALIBRATION_FIX}")
-        batches = _calibration_batches(calibration, example_input)
+        batches = calibration_batches(calibration, example_input)
         quantizer = quantizer if quantizer is not None else xnnpack_quantizer()
         captured = torch.export.export(module.eval(), args, strict=False).module()
         keep = high_gain_convolutions(captured, max_weight_gain) if max_weight_gain else {}

@@ -29,6 +29,7 @@ from PIL import Image
 
 from espnet_mobile import __version__
 from espnet_mobile.errors import UserError
+from espnet_mobile.weights import sha256_of
 from espnet_mobile.zoo import ZooEntry
 
 SCHEMA_VERSION = 1
@@ -70,17 +71,9 @@ def sha256_path(path: Path) -> str:
     if path.is_dir():
         for f in sorted(p for p in path.rglob("*") if p.is_file()):
             digest.update(str(f.relative_to(path)).encode())
-            digest.update(_file_sha(f).encode())
+            digest.update(sha256_of(f).encode())
         return digest.hexdigest()
-    return _file_sha(path)
-
-
-def _file_sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_of(path)
 
 
 def size_bytes(path: Path) -> int:
