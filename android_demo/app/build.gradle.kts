@@ -36,6 +36,23 @@ android {
         compose = true
     }
 
+    // Optional: ExecuTorch through the project's C++ runner (src/main/cpp) instead of the AAR.
+    // ./gradlew assembleDebug -Pespnet.nativeRunner=true -Pexecutorch.root=/path/to/et-android-install
+    if (providers.gradleProperty("espnet.nativeRunner").orNull == "true") {
+        defaultConfig {
+            ndk { abiFilters += listOf("arm64-v8a") }
+            externalNativeBuild {
+                cmake {
+                    arguments += "-DEXECUTORCH_ROOT=" +
+                        providers.gradleProperty("executorch.root").get()
+                }
+            }
+        }
+        externalNativeBuild {
+            cmake { path = file("src/main/cpp/CMakeLists.txt") }
+        }
+    }
+
     androidResources {
         // Models are read in place (LiteRT maps .tflite assets); golden tensors are read whole.
         noCompress += listOf("tflite", "pte", "f32", "f16", "u8")
