@@ -102,7 +102,9 @@ def test_altered_artifact_is_refused(tflite_bundle: Path, tmp_path: Path, capsys
     copy = tmp_path / MODEL
     shutil.copytree(tflite_bundle, copy)
     art = copy / f"{MODEL}_tflite_fp32.tflite"
-    art.write_bytes(art.read_bytes()[:-1] + b"\0")
+    data = bytearray(art.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flip one byte in the middle of the file
+    art.write_bytes(bytes(data))
     assert package.main([str(copy), "--zip"]) == 2
     assert "was altered" in capsys.readouterr().err
     assert not (tmp_path / f"{MODEL}.zip").exists()
