@@ -40,8 +40,20 @@ install_junit() {
     echo "bootstrap: JUnit 4 missing; install the Debian packages junit4 and libhamcrest-java"; return 1
   fi
 }
+# Headless Chromium (and a font) to render the parity report for its screenshot test
+# (tests/test_parity.py). Not fatal: without it that test skips (and fails under CI=true).
+install_chromium() {
+  command -v chromium >/dev/null 2>&1 && [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; }
+  else
+    echo "bootstrap: Chromium missing; install the Debian packages chromium and fonts-dejavu-core"; return 1
+  fi
+}
 install_kotlinc || echo "bootstrap: warning: no kotlinc; the Kotlin core tests will skip"
 install_junit || echo "bootstrap: warning: no JUnit 4; the Kotlin core tests will skip"
+install_chromium || echo "bootstrap: warning: no Chromium; the parity report screenshot test will skip"
 stamp=.venv/.espnet_mobile_bootstrap
 want="$(sha256sum pyproject.toml .ci/bootstrap.sh | sha256sum | cut -c1-16)"
 # Runtime extras outside pip, each idempotent and a no-op when already done:

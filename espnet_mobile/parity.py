@@ -186,8 +186,25 @@ def run_parity(bundle: Path, args: argparse.Namespace, log=print) -> tuple[list[
     manifest = B.load_manifest(bundle)  # schema and every artifact's sha256
     entry = get_entry(manifest["model_id"])
     _, _, height, width = manifest["input"]["shape"]
+    runtimes = discover()
+    only = {n.strip() for n in args.only.split(",") if n.strip()} if args.only else None
+    if only:  # a typo must not turn the check into one that checks nothing
+        known = ({s.name for s in runtimes} | {rt for units in DEVICE_ONLY.values() for rt, _, _ in units}
+                 | {a["file"] for a in manifest["artifacts"]})
+        unknown = sorted(only - known)
+        if unknown:
+            raise UserError(f"--only: no runtime or artifact named {', '.join(unknown)}; "
+                            f"choose from {', '.join(sorted(known))}")
+    converted_from = manifest["model"]["checkpoint_sha256"]
+    if args.weights is None and converted_from != entry.sha256:
+        raise UserError(f"{bundle} was converted from a checkpoint other than the published one (sha256 "
+                        f"{converted_from[:12]}...); pass that checkpoint with --weights PATH")
     model = em.build_model(entry)
     resolved = resolve_weights(entry, args.weights)
+    if resolved.sha256 != converted_from:
+        raise UserError(f"reference checkpoint {resolved.path} (sha256 {resolved.sha256[:12]}...) is not the one "
+                        f"{bundle} was converted from (sha256 {converted_from[:12]}...); pass that checkpoint "
+                        "with --weights PATH")
     load_into(model, load_state_dict(resolved.path), source=str(resolved.path))
     model.eval()
     source, samples = load_samples(args, entry, height, width)
@@ -198,8 +215,6 @@ def run_parity(bundle: Path, args: argparse.Namespace, log=print) -> tuple[list[
         reference_miou = M.miou(sum(M.confusion(r.mask, r.label, entry.num_classes) for r in refs))
         log(f"reference mIoU vs labels: {reference_miou:.2f}")
     thresholds = manifest.get("thresholds") or B.thresholds()
-    only = set(args.only.split(",")) if args.only else None
-    runtimes = discover()
     records: list[Record] = []
     for art in manifest["artifacts"]:
         path = bundle / art["file"]

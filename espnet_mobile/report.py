@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from espnet_mobile.bundle import write_json_atomic
+from espnet_mobile.bundle import write_json_atomic, write_text_atomic
 from espnet_mobile.preprocess import colorize
 
 MAX_IMAGES_IN_HTML = 4
@@ -98,7 +98,8 @@ def page(records, ctx: dict) -> str:
     for i, ref in enumerate(refs[:MAX_IMAGES_IN_HTML]):
         tiles = [("input", ref.rgb), ("reference", colorize(ref.mask, palette))]
         for r in executed:
-            tiles.append((f"{r.artifact.split('_', 1)[-1]} / {r.runtime}", colorize(r.masks[i], palette)))
+            short = r.artifact.removeprefix(f"{manifest['model_id']}_")  # the model id has underscores too
+            tiles.append((f"{short} / {r.runtime}", colorize(r.masks[i], palette)))
             diff = (r.masks[i] != ref.mask).astype(np.uint8)
             heat = np.stack([diff * 255, np.zeros_like(diff), np.zeros_like(diff)], -1)
             heat = np.where(diff[..., None] > 0, heat, (colorize(ref.mask, palette) * 0.25).astype(np.uint8))
@@ -106,6 +107,15 @@ def page(records, ctx: dict) -> str:
         imgs = "".join(f"<figure><img src='{_png_data_uri(t)}'><figcaption>{esc(c)}</figcaption></figure>"
                        for c, t in tiles)
         figures.append(f"<h3>{esc(ref.name)}</h3><div class='row'>{imgs}</div>")
+    failed = [r for r in records if r.executed and r.passed is False]
+    failure_items = []
+    for r in failed:
+        text = esc("; ".join(r.failures))
+        if r.culprit and r.culprit.get("layer"):
+            text += (f" &mdash; first layer where the error jumps: <code>{esc(str(r.culprit['layer']))}</code> "
+                     f"({esc(str(r.culprit.get('method')))})")
+        failure_items.append(f"<li><b>{esc(r.artifact)}</b> on {esc(r.runtime)} ({esc(r.compute_unit)}): {text}</li>")
+    failures_html = f"<h2>Failed checks</h2><ul>{''.join(failure_items)}</ul>" if failure_items else ""
     legend = "".join(f"<span class='sw' style='background:rgb({c[0]},{c[1]},{c[2]})'></span>{esc(n)} "
                      for n, c in zip(labels, palette, strict=True))
     return f"""<!doctype html>
@@ -123,6 +133,7 @@ td.na{{background:#d9d9d9;color:#555}} td.empty{{background:#fff}}
 <b>{summary['passed']} passed, {summary['failed']} failed</b>; {summary['not_executed']} not executable here.
 Cells show pixel agreement with the PyTorch fp32 reference.</p>
 <table><tr><th>artifact</th>{head}</tr>{''.join(rows)}</table>
+{failures_html}
 <p>{legend}</p>
 {''.join(figures)}
 </body></html>
@@ -135,5 +146,5 @@ def write_reports(folder: Path, records, ctx: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "parity.json", {"summary": ctx["summary"],
                                                "records": [record_json(r) for r in records]})
-    (folder / "report.md").write_text(markdown(records, ctx["summary"], ctx["manifest"]["model_id"]))
-    (folder / "report.html").write_text(page(records, ctx))
+    write_text_atomic(folder / "report.md", markdown(records, ctx["summary"], ctx["manifest"]["model_id"]))
+    write_text_atomic(folder / "report.html", page(records, ctx))

@@ -86,5 +86,5 @@ def test_metrics():
     ref = np.array([1.0, 2.0, 3.0])
     assert metrics.sqnr_db(ref, ref) == math.inf
     assert math.isclose(metrics.sqnr_db(ref + 0.1, ref), 10 * math.log10(14 / 0.03))
-    assert metrics.max_abs_error(ref + [0, 0.5, 0], ref) == 0.5
+    assert metrics.max_abs_error(ref + np.array([0, 0.5, 0]), ref) == 0.5
     assert metrics.pixel_agreement(pred, pred) == 1.0
