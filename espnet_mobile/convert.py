@@ -190,14 +190,18 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
     from espnet_mobile.zoo import get_entry
 
     entry = get_entry(opts.model_id)
+    qat = _open_qat_checkpoint(opts, log) if opts.qat_checkpoint is not None else None
     calibration_dir = opts.calibration or (Path(os.environ[IMAGES_ENV]) if os.environ.get(IMAGES_ENV) else None)
     have_int8_data = calibration_dir is not None or opts.qat_checkpoint is not None
     jobs, notes = plan_jobs(opts, have_int8_data)
     for note in notes:
         log(f"note: {note}")
-    if opts.qat_checkpoint is not None:
-        raise UserError("--qat-checkpoint needs a checkpoint written by python -m espnet_mobile.qat, "
-                        "which this version cannot read yet; use --calibration DIR")
+    if qat is not None:
+        wrong = sorted({j.target for j in jobs if j.precision == "int8" and j.target != qat.target})
+        if wrong:
+            raise UserError(f"{opts.qat_checkpoint} was fine-tuned for --target {qat.target} "
+                            f"({qat.config.backend}); it cannot make {', '.join(wrong)} int8 - pass --target "
+                            f"{qat.target}, or drop --qat-checkpoint and calibrate")
 
     resolved = resolve_weights(entry, opts.weights)
     model = em.build_model(entry)
@@ -219,10 +223,12 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
             manifest = B.load_manifest(bundle, verify_files=False)
         except UserError as err:
             log(f"note: existing manifest unusable ({err}); starting a new one")
-    fresh = B.new_manifest(entry, resolved.sha256, height=height, width=width)
+    qat_sha = B.sha256_path(Path(opts.qat_checkpoint)) if qat is not None else None
+    fresh = B.new_manifest(entry, resolved.sha256, height=height, width=width, qat_sha256=qat_sha)
     if manifest is None or manifest["model"]["checkpoint_sha256"] != resolved.sha256 \
             or manifest["input"] != fresh["input"]:
         manifest = fresh
+    manifest["model"]["qat_checkpoint_sha256"] = qat_sha
 
     images_dir = opts.images or calibration_dir
     golden_files = None
@@ -275,6 +281,7 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
         request = ConversionRequest(
             module=module, example_input=torch.from_numpy(golden[0].input), precision=job.precision,
             out_path=bundle / name, model_id=entry.model_id, calibration=calibration,
+            qat_module=qat.module if qat is not None and job.precision == "int8" else None,
             labels=list(entry.data.classes), options=options,
             metadata={"author": "espnet-mobile; model by Sachin Mehta et al.", "license": "MIT",
                       "description": f"{entry.model_id}: {entry.arch} semantic segmentation "
@@ -303,8 +310,11 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
             "not_executable_reason": result.not_executable_reason,
             "conversion_seconds": round(seconds, 2), "cache_key": key,
             "input_layout": "NHWC" if extra["nhwc"] else "NCHW",
-            "quantization": {"scheme": "pt2e", "calibration_images": len(calibration or []) // 2,
-                             "source": "calibration"} if job.precision == "int8" else None,
+            "quantization": ({"scheme": "pt2e", "source": "qat", "qat_backend": qat.config.backend,
+                              "qat_steps": qat.step, "qat_data": qat.config.data}
+                             if qat is not None else
+                             {"scheme": "pt2e", "calibration_images": len(calibration or []) // 2,
+                              "source": "calibration"}) if job.precision == "int8" else None,
             "report": _jsonable(result.report),
         }
         bpte = path.with_suffix(".bpte")
@@ -322,6 +332,37 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
                    f"argmax agreement {qc['pixel_agreement']:.2%}") if qc else ""
         log(f"{prefix}: done in {seconds:.1f} s, {record['bytes'] / 1e6:.2f} MB{qc_text}")
     return bundle, records, problems
+
+
+def _open_qat_checkpoint(opts: ConvertOptions, log):
+    """Load a checkpoint of ``python -m espnet_mobile.qat`` and reconcile it with the options.
+
+    The model and input size must be the ones it was trained at (the input size
+    defaults to them); without ``--weights`` the golden vectors come from the
+    fp32 weights QAT started from (its fine-tuned ``fp32_finetuned.pth`` when it
+    had an fp32 phase, else the weights it was given).
+    """
+    from espnet_mobile.qat import load_qat_module
+
+    qat = load_qat_module(opts.qat_checkpoint)
+    cfg = qat.config
+    if cfg.model != opts.model_id:
+        raise UserError(f"{opts.qat_checkpoint} fine-tunes {cfg.model}; pass --model {cfg.model}")
+    size = tuple(cfg.input_size)
+    if opts.input_size is None:
+        opts.input_size = size
+    elif tuple(opts.input_size) != size:
+        raise UserError(f"{opts.qat_checkpoint} was trained at {size[0]}x{size[1]}; pass --input-size "
+                        f"{size[0]}x{size[1]} (or omit it)")
+    if opts.weights is None:
+        if qat.fp32_weights and Path(qat.fp32_weights).is_file():
+            opts.weights = qat.fp32_weights
+        elif cfg.weights:
+            opts.weights = cfg.weights
+    if qat.phase != "done":
+        log(f"note: {opts.qat_checkpoint} is an intermediate checkpoint (QAT step {qat.step} of {cfg.steps})")
+    log(f"QAT checkpoint: {cfg.model} for {cfg.backend} at {size[0]}x{size[1]}, step {qat.step}, data {cfg.data}")
+    return qat
 
 
 def _remove_stale_temporaries(bundle: Path) -> None:

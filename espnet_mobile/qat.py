@@ -1,0 +1,880 @@
+"""Quantization-aware fine-tuning for one backend, from labelled data or from the fp32 model alone.
+
+    python -m espnet_mobile.qat --model ID --backend {xnnpack,coreml,tflite} --data SPEC
+        [--steps N | --epochs N] [--fp32-steps N] [--batch-size B] [--lr LR] [--out DIR]
+        [--resume] [--seed S] [--weights PATH] [--input-size HxW] [--eval-every K]
+        [--checkpoint-every N] [--artifact-eval {all,final,none}] [--threads T]
+
+    torchrun --nproc_per_node=2 -m espnet_mobile.qat ...      # DDP: gloo on CPU, NCCL on GPUs
+
+``SPEC``: ``synthetic[:N]`` (default; N held-out scenes), ``cityscapes:DIR``,
+``voc:DIR``, ``camvid:DIR``, or ``distill:DIR`` (any folder of photos; the fp32
+model is the teacher). The deployable graph is captured in training mode and
+prepared with ``prepare_qat_pt2e`` and the backend's own quantizer
+(:mod:`espnet_mobile.qat_graph`); the checkpoint converts with
+``python -m espnet_mobile.convert --qat-checkpoint OUT/checkpoint.pt --target
+<executorch|coreml|tflite> --precision int8`` and no calibration.
+
+Schedule: an optional fp32 fine-tuning phase (``--fp32-steps``; default: as many
+steps as QAT for ``synthetic``, whose classes the checkpoints never saw, else
+none), then QAT with observers frozen after 60% of the steps and BatchNorm
+statistics frozen after 70%. Adam, cosine learning-rate decay.
+
+Loss: cross-entropy on labels (255 ignored); for ``distill:`` cross-entropy on
+the teacher's argmax plus KL divergence on temperature-softened logits (T=2).
+Augmentation: random scale, crop and horizontal flip (:mod:`espnet_mobile.qat_data`).
+
+Results in ``--out`` (default ``qat_runs/<model>_<backend>_<data kind>``):
+``checkpoint.pt`` (written atomically every ``--checkpoint-every`` steps and at
+the end), ``metrics.json``, ``fp32_finetuned.pth`` after an fp32 phase (the
+reference weights, for ``convert --weights``), and the int8 artifacts scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from espnet_mobile import qat_checkpoint as C
+from espnet_mobile import qat_data as D
+from espnet_mobile import qat_eval as E
+from espnet_mobile import qat_graph as G
+from espnet_mobile.errors import UserError, run_cli
+
+DEFAULT_STEPS = 100
+OBSERVER_FREEZE = 0.6
+BN_FREEZE = 0.7
+TEMPERATURE = 2.0
+KD_WEIGHT = 1.0
+MAX_EVALS_PER_PHASE = 10
+#: |mIoU(torchrun, 2 processes) - mIoU(1 process)| allowed by tests/test_qat.py, in points. Both see the
+#: same samples and average the same gradient; they differ only where training-mode BatchNorm
+#: normalizes with per-process batch statistics (and keeps process 0's running statistics) and where
+#: observers see half a batch, which moves a few pixels of a small model.
+DDP_MIOU_TOLERANCE = 2.0
+CALIBRATION_IMAGES = 32
+METRICS_NAME = "metrics.json"
+FP32_WEIGHTS_NAME = "fp32_finetuned.pth"
+INT8_SOURCE = {
+    "xnnpack": "artifact: ExecuTorch .pte run by the ExecuTorch runtime (XNNPACK delegate)",
+    "tflite": "artifact: .tflite run by the LiteRT interpreter (CPU, XNNPACK)",
+    "coreml": "simulated: PT2E quantize/dequantize graph in PyTorch (Core ML runs only on Apple platforms); "
+              "the .mlpackage is converted and checked but not run",
+}
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a run's numbers (stored in the checkpoint)."""
+
+    model: str
+    backend: str
+    data: str = "synthetic"
+    input_size: tuple[int, int] | None = None
+    steps: int | None = None
+    epochs: float | None = None
+    fp32_steps: int | None = None
+    batch_size: int = 8
+    lr: float = 1e-4
+    fp32_lr: float = 1e-3
+    seed: int = 0
+    weights: str | None = None
+    observer_freeze: float = OBSERVER_FREEZE
+    bn_freeze: float | None = None  # None: 0 for distill (BatchNorm frozen throughout), else BN_FREEZE
+    temperature: float = TEMPERATURE
+    kd_weight: float = KD_WEIGHT
+    eval_every: int | None = None
+    eval_limit: int | None = 200
+    calibration_images: int = CALIBRATION_IMAGES
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["input_size"] = None if self.input_size is None else list(self.input_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}
+        if d.get("input_size") is not None:
+            d["input_size"] = tuple(d["input_size"])
+        return cls(**d)
+
+
+#: Settings that may differ on --resume without changing the numbers.
+RESUME_FREE = ("eval_limit",)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--input-size must look like 256x256 (height x width), got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise UserError(f"--input-size must be positive, got {text!r}")
+    return h, w
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m espnet_mobile.qat",
+                                description="Quantization-aware fine-tuning for one backend.")
+    p.add_argument("--model", required=True, help="zoo id, e.g. espnetv2_s_2.0_pascal_256x256")
+    p.add_argument("--backend", required=True, choices=G.BACKENDS)
+    p.add_argument("--data", default=None,
+                   help="synthetic[:N] | cityscapes:DIR | voc:DIR | camvid:DIR | distill:DIR (default synthetic)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=None, help=f"QAT steps (default {DEFAULT_STEPS})")
+    length.add_argument("--epochs", type=float, default=None, help="QAT epochs over the training split")
+    p.add_argument("--fp32-steps", type=int, default=None,
+                   help="fp32 fine-tuning steps before QAT (default: QAT's steps for synthetic, else 0)")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size, split over processes (default 8)")
+    p.add_argument("--lr", type=float, default=None, help="QAT learning rate (Adam, cosine decay; default 1e-4)")
+    p.add_argument("--fp32-lr", type=float, default=None, help="fp32 phase learning rate (default 1e-3)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default qat_runs/<model>_<backend>_<kind>)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--weights", default=None, help="fp32 checkpoint to start from (default: the published one)")
+    p.add_argument("--input-size", default=None, metavar="HxW", help="training and artifact size (default: the zoo's)")
+    p.add_argument("--eval-every", type=int, default=None, metavar="K",
+                   help="evaluate every K steps (default: every epoch, at most 10 times per phase)")
+    p.add_argument("--checkpoint-every", type=int, default=20, metavar="N", help="checkpoint every N steps")
+    p.add_argument("--artifact-eval", choices=("all", "final", "none"), default="all",
+                   help="convert and run the int8 artifact at every evaluation (all), only at the end, or never")
+    p.add_argument("--observer-freeze", type=float, default=None,
+                   help=f"fraction of QAT steps after which observers stop (default {OBSERVER_FREEZE})")
+    p.add_argument("--bn-freeze", type=float, default=None,
+                   help=f"fraction of QAT steps after which BatchNorm statistics freeze (default {BN_FREEZE}; "
+                        "0 for distill:, whose teacher is the frozen-statistics model)")
+    p.add_argument("--temperature", type=float, default=None, help=f"distillation temperature (default {TEMPERATURE})")
+    p.add_argument("--kd-weight", type=float, default=None,
+                   help=f"weight of the distillation KL term (default {KD_WEIGHT})")
+    p.add_argument("--eval-limit", type=int, default=200, help="held-out images of a labelled dataset")
+    p.add_argument("--calibration-images", type=int, default=None,
+                   help=f"training images (each also flipped) calibrating the PTQ baseline and the pyramid "
+                        f"equalization (default {CALIBRATION_IMAGES})")
+    p.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads per process (default 1: on a shared CPU more threads are slower)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+#: Options compared with the checkpoint on --resume when given (argparse default None = not given).
+CONFIG_OPTIONS = ("data", "input_size", "steps", "epochs", "fp32_steps", "batch_size", "lr", "fp32_lr", "seed",
+                  "weights", "observer_freeze", "bn_freeze", "temperature", "kd_weight", "eval_every",
+                  "calibration_images")
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
+    """The run's config (defaults filled in) and the names of the options given on the command line."""
+    for name in ("steps", "fp32_steps", "checkpoint_every", "eval_every", "eval_limit", "threads", "batch_size",
+                 "calibration_images"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "fp32_steps" else 1):
+            raise UserError(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'fp32_steps' else '>= 1'}, "
+                            f"got {value}")
+    if args.epochs is not None and args.epochs <= 0:
+        raise UserError(f"--epochs must be positive, got {args.epochs}")
+    for name in ("lr", "fp32_lr", "temperature"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    for name in ("observer_freeze", "bn_freeze"):
+        if getattr(args, name) is not None and not 0.0 <= getattr(args, name) <= 1.0:
+            raise UserError(f"--{name.replace('_', '-')} is a fraction of the steps, between 0 and 1")
+    values = {name: getattr(args, name) for name in CONFIG_OPTIONS if name != "input_size"}
+    values["input_size"] = _parse_size(args.input_size) if args.input_size else None
+    given = {name for name, v in values.items() if v is not None}
+    cfg = RunConfig(model=args.model, backend=args.backend, eval_limit=args.eval_limit,
+                    **{k: v for k, v in values.items() if v is not None})
+    return cfg, given
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Dist:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def sum(self, value: float) -> float:
+        if not self.enabled:
+            return float(value)
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return float(t.item())
+
+
+def init_distributed() -> Dist:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: join the group (NCCL on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(device=torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device, backend = torch.device("cuda", local), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend=backend)
+    return Dist(rank, world, local, device)
+
+
+# --------------------------------------------------------------------------- models
+
+
+class NormalizedReference(nn.Module):
+    """The reference model on RGB [0, 1] input, with the zoo's normalization as a frozen 1x1 conv."""
+
+    def __init__(self, model: nn.Module, entry: Any) -> None:
+        super().__init__()
+        from espnet_mobile.deploy import InputNormalization
+
+        self.normalize = InputNormalization(entry.normalization)
+        for p in self.normalize.parameters():
+            p.requires_grad_(False)
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(x))
+
+
+def _reference(entry: Any, state: dict[str, torch.Tensor]) -> nn.Module:
+    import espnet_mobile as em
+
+    model = em.build_model(entry)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _base_weights(cfg: RunConfig, entry: Any) -> tuple[dict[str, torch.Tensor], str, str]:
+    """The fp32 starting weights: state dict, path, sha256."""
+    from espnet_mobile.weights import load_into, load_state_dict, resolve_weights
+
+    resolved = resolve_weights(entry, cfg.weights)
+    import espnet_mobile as em
+
+    model = em.build_model(entry)
+    load_into(model, load_state_dict(resolved.path), source=str(resolved.path))
+    return model.state_dict(), str(resolved.path), resolved.sha256
+
+
+def _lr_at(step: int, total: int, base: float) -> float:
+    """Cosine decay from ``base`` to 5% of it over ``total`` steps."""
+    if total <= 1:
+        return base
+    t = min(step / (total - 1), 1.0)
+    return base * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+def load_qat_module(path: str | Path) -> QATCheckpoint:
+    """Rebuild the prepared graph of a QAT checkpoint with its trained state, ready to convert."""
+    ckpt = C.load(Path(path))
+    cfg = RunConfig.from_dict(ckpt["config"])
+    if ckpt.get("qat_state") is None:
+        raise UserError(f"QAT checkpoint {path} is still in its fp32 phase (step {ckpt['step']}); "
+                        "resume it with python -m espnet_mobile.qat --resume until QAT has started")
+    from espnet_mobile.zoo import get_entry
+
+    entry = get_entry(cfg.model)
+    h, w = cfg.input_size
+    keep = (ckpt.get("qat_graph") or {}).get("fp32_nodes", [])
+    prepared = G.prepare_qat(_reference(entry, ckpt["fp32_state"]), entry, cfg.backend, h, w, keep_fp32=keep)
+    _load_state(prepared.module, ckpt["qat_state"], str(path))
+    G.set_batchnorm_training(prepared.module, False)
+    fp32_weights = ckpt.get("fp32_weights_file")
+    if fp32_weights and not Path(fp32_weights).is_file():  # the run folder was moved: look beside the checkpoint
+        beside = Path(path).parent / FP32_WEIGHTS_NAME
+        fp32_weights = str(beside) if beside.is_file() else None
+    return QATCheckpoint(module=G.for_conversion(prepared.module), config=cfg, phase=ckpt["phase"],
+                         step=int(ckpt["step"]), path=Path(path), fp32_weights=fp32_weights,
+                         report=prepared.report)
+
+
+@dataclass
+class QATCheckpoint:
+    """A QAT checkpoint opened for conversion."""
+
+    module: torch.fx.GraphModule
+    config: RunConfig
+    phase: str
+    step: int
+    path: Path
+    fp32_weights: str | None
+    report: dict[str, Any]
+
+    @property
+    def target(self) -> str:
+        return G.CONVERT_TARGET[self.config.backend]
+
+
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0][:200]
+        raise UserError(f"QAT checkpoint {source} does not fit the graph rebuilt from its config ({first}); "
+                        "it was written by another version or for another model") from None
+    # Observers treat a state dict without per-module version metadata (ours are plain dicts) as
+    # version 1 and reset their eps buffer to float32 eps; XNNPACK's activation observers use 2**-12.
+    buffers = dict(module.named_buffers(remove_duplicate=False))
+    with torch.no_grad():
+        for key, value in state.items():
+            if key.endswith(".eps") and key in buffers:
+                buffers[key].copy_(value)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def _to_device(x: np.ndarray, dist: Dist) -> torch.Tensor:
+    return torch.from_numpy(x).to(dist.device)
+
+
+def label_loss(logits: torch.Tensor, labels: torch.Tensor, dist: Dist) -> tuple[torch.Tensor, float]:
+    """Cross-entropy summed over labelled pixels / labelled pixels of the global batch (x world for DDP)."""
+    valid = float((labels != D.IGNORE).sum().item())
+    total = dist.sum(valid)
+    loss = F.cross_entropy(logits, labels.long(), ignore_index=D.IGNORE, reduction="sum")
+    return loss * (dist.world / max(total, 1.0)), total
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, cfg: RunConfig, dist: Dist,
+                 global_pixels: float) -> torch.Tensor:
+    """CE on the teacher's argmax + kd_weight * T^2 * KL(teacher_T || student_T), per pixel of the global batch."""
+    hard = teacher.argmax(dim=1)
+    ce = F.cross_entropy(student, hard, reduction="sum")
+    t = cfg.temperature
+    kl = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True,
+                  reduction="sum") * (t * t)
+    return (ce + cfg.kd_weight * kl) * (dist.world / global_pixels)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Run:
+    """One training run: fp32 phase (optional), QAT phase, final scoring; resumable at any checkpoint."""
+
+    def __init__(self, cfg: RunConfig, out: Path, dist: Dist, *, checkpoint_every: int = 20,
+                 artifact_eval: str = "all", progress: bool = True, resume: bool = False,
+                 given: set[str] | None = None, log=print) -> None:
+        from espnet_mobile.zoo import get_entry
+
+        self.cfg, self.out, self.dist = cfg, Path(out), dist
+        self.resume, self.given = resume, set(given if given is not None else CONFIG_OPTIONS)
+        self.checkpoint_every, self.artifact_eval = checkpoint_every, artifact_eval
+        self.progress, self.log = progress and dist.main, (log if dist.main else (lambda *a, **k: None))
+        self.entry = get_entry(cfg.model)
+        if cfg.input_size is None:
+            cfg.input_size = (self.entry.input_height, self.entry.input_width)
+        self.h, self.w = cfg.input_size
+        if cfg.batch_size % dist.world:
+            raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {dist.world} processes")
+        self.wall_before = 0.0
+        self.started = time.perf_counter()
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / C.CHECKPOINT_NAME
+
+    def wall(self) -> float:
+        return self.wall_before + (time.perf_counter() - self.started)
+
+    def save(self, payload: dict[str, Any]) -> None:
+        if self.dist.main:
+            C.save(self.ckpt_path, {**payload, "config": self.cfg.to_dict(), "rng": C.rng_state(),
+                                    "wall_seconds": self.wall(), "world_size": self.dist.world})
+        self.dist.barrier()
+
+    def _steps_for(self, n_train: int) -> tuple[int, int]:
+        cfg = self.cfg
+        per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
+        if cfg.steps is None:
+            cfg.steps = max(1, math.ceil(cfg.epochs * per_epoch)) if cfg.epochs is not None else DEFAULT_STEPS
+        if cfg.fp32_steps is None:
+            cfg.fp32_steps = cfg.steps if self.data.kind == "synthetic" else 0
+        if cfg.bn_freeze is None:
+            cfg.bn_freeze = 0.0 if self.data.distill else BN_FREEZE
+        return cfg.steps, per_epoch
+
+    def _eval_every(self, total: int, per_epoch: int) -> int:
+        if self.cfg.eval_every is not None:
+            return self.cfg.eval_every
+        return max(per_epoch, math.ceil(total / MAX_EVALS_PER_PHASE))
+
+    # ------------------------------------------------------------------ entry
+
+    def execute(self) -> dict[str, Any]:
+        ckpt = self._open_checkpoint()
+        if ckpt is not None:
+            stored = RunConfig.from_dict(ckpt["config"])
+            self._check_resume_config(stored)
+            stored.eval_limit = self.cfg.eval_limit
+            self.cfg = stored
+            self.h, self.w = stored.input_size
+            self.wall_before = float(ckpt.get("wall_seconds", 0.0))
+            C.set_rng_state(ckpt["rng"])
+            self.base = {k: ckpt[k] for k in ("base_state", "base_weights", "base_sha256")}
+            self.log(f"resuming {self.ckpt_path}: phase {ckpt['phase']}, step {ckpt['step']} "
+                     f"({self.wall_before:.0f} s so far)")
+        cfg = self.cfg
+        self.data = D.load_data(cfg.data, height=self.h, width=self.w, num_classes=self.entry.num_classes,
+                                eval_limit=cfg.eval_limit)
+        _, per_epoch = self._steps_for(len(self.data.train))
+        if ckpt is None:
+            state, path, sha = _base_weights(cfg, self.entry)
+            self.base = {"base_state": state, "base_weights": path, "base_sha256": sha}
+            torch.manual_seed(cfg.seed)
+            np.random.seed(cfg.seed % 2**32)
+        self.log(f"{cfg.model} -> {cfg.backend} int8 at {self.h}x{self.w}; data {cfg.data}: "
+                 f"{len(self.data.train)} training items, {len(self.data.heldout_inputs)} held-out inputs; "
+                 f"fp32 phase {cfg.fp32_steps} steps, QAT {cfg.steps} steps of {cfg.batch_size} "
+                 f"({self.dist.world} process{'es' if self.dist.enabled else ''})")
+        base_state = self.base["base_state"]
+        if self.data.distill:
+            self._label_heldout_with_teacher(base_state)
+        phase = ckpt["phase"] if ckpt else ("fp32" if cfg.fp32_steps else "qat")
+        history = list(ckpt.get("history", [])) if ckpt else []
+        if phase == "done":
+            return self._finished(ckpt)
+        if phase == "fp32":
+            fp32_state, history = self._fp32_phase(ckpt, base_state, history, per_epoch)
+            self.fp32_weights_file = str(self.out / FP32_WEIGHTS_NAME)
+            ckpt = None
+        else:
+            fp32_state = ckpt["fp32_state"] if ckpt else base_state
+            self.fp32_weights_file = ckpt.get("fp32_weights_file") if ckpt else None
+        return self._qat_phase(ckpt, fp32_state, base_state, history, per_epoch)
+
+    def _open_checkpoint(self) -> dict[str, Any] | None:
+        exists = self.ckpt_path.exists()
+        if self.resume:
+            if not exists:
+                raise UserError(f"--resume: no checkpoint at {self.ckpt_path}")
+            return C.load(self.ckpt_path)
+        if exists:
+            raise UserError(f"{self.ckpt_path} exists; pass --resume to continue it or choose another --out")
+        return None
+
+    def _check_resume_config(self, stored: RunConfig) -> None:
+        given = self.cfg
+        for f in dataclasses.fields(RunConfig):
+            if f.name in RESUME_FREE:
+                continue
+            if f.name not in self.given and f.name not in ("model", "backend"):
+                continue
+            a, b = getattr(given, f.name), getattr(stored, f.name)
+            if a is None or a == b or (f.name == "input_size" and tuple(a) == tuple(b or ())):
+                continue
+            raise UserError(f"--resume: --{f.name.replace('_', '-')} is {a!r} but the checkpoint was started with "
+                            f"{b!r}; drop the option or start a new run")
+
+    # ------------------------------------------------------------------ data and evaluation
+
+    def _label_heldout_with_teacher(self, teacher_state: dict[str, torch.Tensor]) -> None:
+        teacher = G.trainable_deployable(_reference(self.entry, teacher_state), self.entry, self.h, self.w).eval()
+        labels = E.teacher_labels(teacher, self.data.heldout_inputs)
+        object.__setattr__(self.data, "heldout_labels", labels)
+
+    def _unscored(self) -> float:
+        return float(np.mean(self.data.heldout_labels == D.IGNORE))
+
+    def _teacher(self, teacher_state: dict[str, torch.Tensor]) -> nn.Module:
+        t = G.trainable_deployable(_reference(self.entry, teacher_state), self.entry, self.h, self.w).eval()
+        for p in t.parameters():
+            p.requires_grad_(False)
+        return t.to(self.dist.device)
+
+    def _batch(self, phase: str, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, y = D.batch(self.data, seed=self.cfg.seed, phase=phase, step=step, global_batch=self.cfg.batch_size,
+                       rank=self.dist.rank, world=self.dist.world, height=self.h, width=self.w)
+        return _to_device(x, self.dist), None if y is None else _to_device(y, self.dist)
+
+    def _loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None,
+              teacher: nn.Module | None) -> torch.Tensor:
+        if teacher is not None:
+            with torch.no_grad():
+                t = teacher(x)
+            return distill_loss(logits, t, self.cfg, self.dist, float(self.cfg.batch_size * self.h * self.w))
+        loss, _ = label_loss(logits, y, self.dist)
+        return loss
+
+    def _heldout(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.data.heldout_inputs, self.data.heldout_labels
+
+    def _score_module(self, module: nn.Module) -> float:
+        x, y = self._heldout()
+        return E.miou(E.predict(module, x), y, self.entry.num_classes)
+
+    def _progress(self, total: int, initial: int, desc: str):
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, disable=not self.progress, dynamic_ncols=True,
+                    mininterval=1.0, file=sys.stderr)
+
+    # ------------------------------------------------------------------ fp32 phase
+
+    def _fp32_phase(self, ckpt, base_state, history, per_epoch):
+        cfg, dist = self.cfg, self.dist
+        model = NormalizedReference(_reference(self.entry, base_state), self.entry)
+        start = 0
+        if ckpt is not None:
+            model.model.load_state_dict(ckpt["fp32_state"])
+            start = int(ckpt["step"])
+        model.to(dist.device).train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=cfg.fp32_lr)
+        if ckpt is not None and ckpt.get("optimizer"):
+            opt.load_state_dict(ckpt["optimizer"])
+        # The reference models hold a few parameters their forward never reads (the authors' code does too).
+        net = self._ddp(model, find_unused=True)
+        teacher = self._teacher(base_state) if self.data.distill else None
+        total = cfg.fp32_steps
+        eval_every = self._eval_every(total, per_epoch)
+        bar = self._progress(total, start, "fp32")
+        last = history[-1]["fp32_miou"] if history and history[-1].get("phase") == "fp32" else float("nan")
+        window: list[float] = list(ckpt.get("loss_window", [])) if ckpt is not None else []
+        for step in range(start, total):
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, total, cfg.fp32_lr)
+            x, y = self._batch("fp32", step)
+            loss = self._loss(net(x), x, y, teacher)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done = step + 1
+            window.append(dist.sum(loss.item()) / dist.world)
+            bar.update(1)
+            bar.set_postfix(loss=f"{window[-1]:.4f}", miou=f"{last:.2f}")
+            if done % eval_every == 0 or done == total:
+                if dist.main:
+                    model.eval()
+                    last = self._score_module(model)
+                    model.train()
+                    history.append({"phase": "fp32", "step": done, "fp32_miou": last,
+                                    "train_loss": round(float(np.mean(window)), 5) if window else None,
+                                    "wall_seconds": round(self.wall(), 1)})
+                    bar.write(f"fp32 step {done}/{total}: held-out mIoU {last:.2f}")
+                window.clear()
+                dist.barrier()
+            if done % self.checkpoint_every == 0 and done < total:
+                self.save({"phase": "fp32", "step": done, "fp32_state": _cpu_state(model.model),
+                           "qat_state": None, "optimizer": opt.state_dict(), "history": history,
+                           "loss_window": list(window), **self.base})
+        bar.close()
+        fp32_state = _cpu_state(model.model)
+        weights_file = self.out / FP32_WEIGHTS_NAME
+        if dist.main:
+            C.save_plain(weights_file, fp32_state)
+            self.log(f"fp32 fine-tuned weights: {weights_file}")
+        self.save({"phase": "qat", "step": 0, "fp32_state": fp32_state, "qat_state": None, "optimizer": None,
+                   "history": history, "fp32_weights_file": str(weights_file), **self.base})
+        return fp32_state, history
+
+    def _ddp(self, module: nn.Module, *, find_unused: bool = False) -> nn.Module:
+        if not self.dist.enabled:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.dist.local_rank] if self.dist.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=True,
+                                       find_unused_parameters=find_unused)
+
+    # ------------------------------------------------------------------ QAT phase
+
+    def _baselines(self, fp32_state) -> dict[str, Any]:
+        """fp32 and PTQ int8 mIoU of the model QAT starts from (measured once, on the main process)."""
+        cfg = self.cfg
+        deployable = G.trainable_deployable(_reference(self.entry, fp32_state), self.entry, self.h, self.w).eval()
+        fp32 = self._score_module(deployable)
+        calibration = D.calibration_inputs(self.data, seed=cfg.seed, count=cfg.calibration_images,
+                                           height=self.h, width=self.w)
+        x, y = self._heldout()
+        start = time.perf_counter()
+        if G.RUNTIME[cfg.backend] is None or self.artifact_eval == "none":
+            ptq = E.ptq_simulated_miou(cfg.backend, _export_deployable(fp32_state, self.entry, self.h, self.w),
+                                       calibration, x, y, self.entry.num_classes)
+            artifact = None
+        else:
+            path = self.out / f"ptq_int8{G.ARTIFACT_SUFFIX[cfg.backend]}"
+            artifact = E.convert_int8(cfg.backend, _export_deployable(fp32_state, self.entry, self.h, self.w),
+                                      path, calibration=calibration)
+            ptq = E.artifact_miou(cfg.backend, path, x, y, self.entry.num_classes)
+        self.log(f"baselines: fp32 mIoU {fp32:.2f}, PTQ int8 mIoU {ptq:.2f} "
+                 f"({len(calibration)} calibration inputs, {time.perf_counter() - start:.0f} s)")
+        return {"fp32_miou": fp32, "ptq_int8_miou": ptq, "ptq_artifact": artifact,
+                "ptq_int8_from": "simulated" if artifact is None else "artifact",
+                "calibration_inputs": len(calibration)}
+
+    def _schedule(self, gm: torch.fx.GraphModule, step: int) -> None:
+        """Observers on until observer_freeze x steps, BatchNorm statistics until bn_freeze x steps."""
+        total = self.cfg.steps
+        G.set_observers(gm, step < round(self.cfg.observer_freeze * total))
+        bn_training = step < round(self.cfg.bn_freeze * total)
+        if G.batchnorm_training(gm) != bn_training:
+            G.set_batchnorm_training(gm, bn_training)
+
+    def _evaluate_qat(self, gm, step: int, *, final: bool) -> dict[str, Any]:
+        cfg = self.cfg
+        x, y = self._heldout()
+        record: dict[str, Any] = {"phase": "qat", "step": step, **E.qat_scores(gm, x, y, self.entry.num_classes)}
+        want_artifact = self.artifact_eval == "all" or (final and self.artifact_eval == "final")
+        if G.RUNTIME[cfg.backend] is not None and want_artifact:
+            path = self.out / f"qat_int8{G.ARTIFACT_SUFFIX[cfg.backend]}"
+            info = E.convert_int8(cfg.backend, _export_deployable(self.fp32_state, self.entry, self.h, self.w), path,
+                                  qat_module=gm)
+            record["int8_miou"] = E.artifact_miou(cfg.backend, path, x, y, self.entry.num_classes)
+            record["artifact"] = info
+            record["int8_from"] = "artifact"
+        else:
+            # Core ML (no runtime here) or no artifact asked for: the fake-quant score, which equals the
+            # PT2E-converted graph's (see qat_eval); metrics.json says which.
+            record["int8_miou"] = record["fake_quant_miou"]
+            record["int8_from"] = "fake-quant"
+        if final and cfg.backend == "coreml":
+            path = self.out / f"qat_int8{G.ARTIFACT_SUFFIX[cfg.backend]}"
+            record["artifact"] = E.convert_int8(cfg.backend, _export_deployable(self.fp32_state, self.entry,
+                                                                                self.h, self.w), path, qat_module=gm)
+        record["wall_seconds"] = round(self.wall(), 1)
+        return record
+
+    def _qat_phase(self, ckpt, fp32_state, teacher_state, history, per_epoch):
+        cfg, dist = self.cfg, self.dist
+        self.fp32_state = fp32_state
+        baselines = ckpt.get("baselines") if ckpt else None
+        if baselines is None:
+            if dist.main:
+                baselines = self._baselines(fp32_state)
+            baselines = _broadcast(baselines, dist)
+        resuming = ckpt is not None and ckpt.get("qat_state") is not None
+        calibration = None if resuming else torch.from_numpy(np.concatenate(D.calibration_inputs(
+            self.data, seed=cfg.seed, count=cfg.calibration_images, height=self.h, width=self.w)))
+        if resuming and "qat_graph" not in ckpt:
+            raise UserError(f"{self.ckpt_path} lacks the QAT graph description (written by an older version); "
+                            "start a new run")
+        keep = ckpt["qat_graph"]["fp32_nodes"] if resuming else None
+        prepared = G.prepare_qat(_reference(self.entry, fp32_state), self.entry, cfg.backend, self.h, self.w,
+                                 equalize_on=calibration, keep_fp32=keep)
+        qat_graph = {"fp32_nodes": list(prepared.report["fp32_nodes"])}
+        gm = prepared.module
+        if prepared.report["eps_restored"]:
+            self.log(f"BatchNorm eps: {prepared.report['eps_restored']} of {prepared.report['batchnorms']} reset to "
+                     f"1e-5 by the PT2E QAT conv-BN rewrite; restored to {prepared.report['eps']}")
+        start = 0
+        if resuming:
+            _load_state(gm, ckpt["qat_state"], str(self.ckpt_path))
+            start = int(ckpt["step"])
+        gm.to(dist.device)
+        self._schedule(gm, start)
+        params = [p for _, p in G.trainable_parameters(gm)]
+        opt = torch.optim.Adam(params, lr=cfg.lr)
+        if ckpt is not None and ckpt.get("optimizer") and ckpt.get("qat_state") is not None:
+            opt.load_state_dict(ckpt["optimizer"])
+        net = self._ddp(gm)
+        teacher = self._teacher(teacher_state) if self.data.distill else None
+        total = cfg.steps
+        eval_every = self._eval_every(total, per_epoch)
+        bar = self._progress(total, start, "qat")
+        last = next((h["fake_quant_miou"] for h in reversed(history) if h.get("phase") == "qat"), float("nan"))
+
+        window: list[float] = list(ckpt.get("loss_window", [])) if resuming else []
+
+        def payload(step: int, phase: str = "qat") -> dict[str, Any]:
+            return {"phase": phase, "step": step, "fp32_state": fp32_state, "qat_state": _cpu_state(gm),
+                    "qat_graph": qat_graph, "loss_window": list(window),
+                    "optimizer": opt.state_dict(), "history": history, "baselines": baselines,
+                    "fp32_weights_file": self.fp32_weights_file, **self.base}
+
+        if ckpt is None or ckpt.get("qat_state") is None:
+            self.save(payload(start))  # baselines measured: never again, even after a crash
+        for step in range(start, total):
+            self._schedule(gm, step)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, total, cfg.lr)
+            x, y = self._batch("qat", step)
+            loss = self._loss(net(x), x, y, teacher)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done = step + 1
+            window.append(dist.sum(loss.item()) / dist.world)
+            bar.update(1)
+            bar.set_postfix(loss=f"{window[-1]:.4f}", miou=f"{last:.2f}")
+            if (done % eval_every == 0 and done < total) and dist.main:
+                record = self._evaluate_qat(gm, done, final=False)
+                record["train_loss"] = round(float(np.mean(window)), 5)
+                window.clear()
+                history.append(record)
+                last = record["fake_quant_miou"]
+                bar.write(_format_record(record))
+            if done % eval_every == 0 and done < total:
+                dist.barrier()
+            if done % self.checkpoint_every == 0 and done < total:
+                self.save(payload(done))
+        bar.close()
+        self._schedule(gm, total)
+        final = None
+        if dist.main:
+            final = self._evaluate_qat(gm, total, final=True)
+            if window:
+                final["train_loss"] = round(float(np.mean(window)), 5)
+            history.append(final)
+            self.log(_format_record(final))
+        final = _broadcast(final, dist)
+        self.save(payload(total, "done"))
+        return self._write_metrics(baselines, final, history, prepared.report)
+
+    def _finished(self, ckpt) -> dict[str, Any]:
+        path = self.out / METRICS_NAME
+        self.log(f"{self.ckpt_path} is complete (step {ckpt['step']}); metrics in {path}")
+        if path.exists():
+            return json.loads(path.read_text())
+        history = list(ckpt.get("history", []))
+        self.fp32_weights_file = ckpt.get("fp32_weights_file")
+        final = next(h for h in reversed(history) if h.get("phase") == "qat")
+        return self._write_metrics(ckpt["baselines"], final, history, {})
+
+    def _write_metrics(self, baselines, final, history, report) -> dict[str, Any]:
+        cfg = self.cfg
+        fp32, ptq, qat = baselines["fp32_miou"], baselines["ptq_int8_miou"], final["int8_miou"]
+        gap = fp32 - ptq
+        metrics = {
+            "model": cfg.model, "backend": cfg.backend, "convert_target": G.CONVERT_TARGET[cfg.backend],
+            "data": cfg.data, "data_kind": self.data.kind, "input_size": list(cfg.input_size),
+            "heldout": {"inputs": int(len(self.data.heldout_inputs)),
+                        "labels": (f"teacher argmax (fp32 model) where its top probability >= "
+                                   f"{E.TEACHER_CONFIDENCE}; {self._unscored():.1%} of pixels not scored")
+                        if self.data.distill else "ground truth"},
+            "fp32_miou": fp32, "ptq_int8_miou": ptq, "qat_int8_miou": qat,
+            "qat_fake_quant_miou": final["fake_quant_miou"], "qat_fp32_miou": final["fp32_miou"],
+            "gap_closed": None if abs(gap) < 1e-9 else round((qat - ptq) / gap, 4),
+            "int8_source": INT8_SOURCE[cfg.backend] if final.get("int8_from") == "artifact" or cfg.backend == "coreml"
+            else ("simulated: PTQ as a PT2E quantize/dequantize graph in PyTorch, QAT as its fake-quantized "
+                  "graph (identical to its PT2E conversion); artifact evaluation was turned off"),
+            "steps": cfg.steps, "fp32_steps": cfg.fp32_steps, "batch_size": cfg.batch_size,
+            "world_size": self.dist.world, "seed": cfg.seed, "lr": cfg.lr,
+            "schedule": {"observers_frozen_at_step": round(cfg.observer_freeze * cfg.steps),
+                         "batchnorm_frozen_at_step": round(cfg.bn_freeze * cfg.steps)},
+            "wall_seconds": round(self.wall(), 1),
+            "checkpoint": str(self.ckpt_path),
+            "fp32_weights": self.fp32_weights_file,
+            "convert_command": (f"python -m espnet_mobile.convert --model {cfg.model} --target "
+                                f"{G.CONVERT_TARGET[cfg.backend]} --precision int8 --qat-checkpoint {self.ckpt_path}"
+                                + (f" --weights {self.fp32_weights_file}" if self.fp32_weights_file else "")),
+            "ptq_calibration_inputs": baselines.get("calibration_inputs"),
+            "ptq_artifact": baselines.get("ptq_artifact"), "qat_artifact": final.get("artifact"),
+            "batchnorm": report, "history": history,
+        }
+        if self.dist.main:
+            _write_json_atomic(self.out / METRICS_NAME, metrics)
+        return metrics
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").clone() for k, v in module.state_dict().items()}
+
+
+def _export_deployable(state: dict[str, torch.Tensor], entry: Any, h: int, w: int) -> nn.Module:
+    """The standard (batch-1) deployable module, as convert builds it, for PTQ and as the request's module."""
+    from espnet_mobile.deploy import make_deployable
+
+    return make_deployable(_reference(entry, state), entry, height=h, width=w)
+
+
+def _broadcast(obj: Any, dist: Dist) -> Any:
+    if not dist.enabled:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _format_record(r: dict[str, Any]) -> str:
+    text = f"qat step {r['step']}: held-out mIoU fp32 {r['fp32_miou']:.2f}, fake-quant {r['fake_quant_miou']:.2f}"
+    if "artifact" in r and r.get("int8_miou") is not None:
+        text += f", int8 artifact {r['int8_miou']:.2f}"
+    return text
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, default=str)
+            handle.write("\n")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def default_out(cfg: RunConfig) -> Path:
+    kind = cfg.data.split(":", 1)[0]
+    return Path("qat_runs") / f"{cfg.model}_{cfg.backend}_{kind}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        cfg, given = config_from_args(args)
+        torch.set_num_threads(args.threads)
+        dist = init_distributed()
+        try:
+            run = Run(cfg, args.out or default_out(cfg), dist, checkpoint_every=args.checkpoint_every,
+                      artifact_eval=args.artifact_eval, progress=not args.no_progress, resume=args.resume,
+                      given=given)
+            metrics = run.execute()
+            if dist.main:
+                print(json.dumps({k: metrics[k] for k in ("fp32_miou", "ptq_int8_miou", "qat_int8_miou",
+                                                          "gap_closed", "wall_seconds")}))
+                print(f"metrics: {run.out / METRICS_NAME}\nconvert: {metrics['convert_command']}")
+        finally:
+            if dist.enabled and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Scoring QAT on the held-out split: fp32, fake-quantized, and int8 artifacts where they run here.
+
+int8 numbers come from the converted artifact run by its own runtime
+(ExecuTorch XNNPACK for ``xnnpack``, the LiteRT interpreter for ``tflite``).
+Core ML does not run on Linux, so for ``coreml`` the int8 number is the
+PT2E-converted graph (quantize/dequantize in PyTorch); for a QAT graph that is
+exactly its fake-quantized inference (checked in tests/test_qat.py), so the
+fake-quant score is reported as the int8 score and labelled ``simulated``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from espnet_mobile import metrics
+from espnet_mobile import qat_graph as G
+
+EVAL_BATCH = 8
+#: Distillation scores only pixels where the teacher's top class has at least this probability.
+#: ESPNetv2's argmax on photos outside its training set has many near-ties (8% of pixels below 0.5
+#: at 128x128), and a handful of flipped near-tie pixels that form a rare class swing mIoU by
+#: several points; the confident pixels measure what quantization changed.
+TEACHER_CONFIDENCE = 0.5
+
+
+def predict(fn: Callable[[torch.Tensor], torch.Tensor], inputs: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+    """Argmax masks (N, H, W) of a batched torch callable over float inputs (N, 3, H, W)."""
+    masks = []
+    with torch.no_grad():
+        for i in range(0, len(inputs), batch):
+            logits = fn(torch.from_numpy(inputs[i:i + batch]))
+            masks.append(torch.argmax(logits, dim=1).to(torch.uint8).numpy())
+    return np.concatenate(masks)
+
+
+def teacher_labels(teacher: torch.nn.Module, inputs: np.ndarray, confidence: float = TEACHER_CONFIDENCE,
+                   batch: int = EVAL_BATCH) -> np.ndarray:
+    """The teacher's argmax (N, H, W) uint8, with 255 (not scored) where it is less confident than ``confidence``."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(inputs), batch):
+            p = torch.softmax(teacher(torch.from_numpy(inputs[i:i + batch])), dim=1)
+            top, label = p.max(dim=1)
+            label = label.to(torch.uint8)
+            label[top < confidence] = metrics.IGNORE
+            out.append(label.numpy())
+    return np.concatenate(out)
+
+
+def predict_one_by_one(fn: Callable[[torch.Tensor], torch.Tensor], inputs: np.ndarray) -> np.ndarray:
+    return predict(fn, inputs, batch=1)
+
+
+def miou(masks: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for m, t in zip(masks, labels, strict=True):
+        conf += metrics.confusion(m, t, num_classes)
+    return round(metrics.miou(conf), 4)
+
+
+def qat_scores(gm: torch.fx.GraphModule, inputs: np.ndarray, labels: np.ndarray,
+               num_classes: int) -> dict[str, float]:
+    """mIoU of the QAT graph without and with fake quantization (inference mode, state untouched)."""
+    with G.inference_mode(gm, fake_quant=False):
+        fp32 = miou(predict(gm, inputs), labels, num_classes)
+    with G.inference_mode(gm, fake_quant=True):
+        fq = miou(predict(gm, inputs), labels, num_classes)
+    return {"fp32_miou": fp32, "fake_quant_miou": fq}
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+def _request(deployable: torch.nn.Module, out_path: Path, *, calibration=None, qat_module=None,
+             backend: str):
+    from converters.common import ConversionRequest
+
+    example = torch.zeros(1, 3, deployable.config.height, deployable.config.width)
+    options: dict[str, Any] = {}
+    if backend == "xnnpack":
+        options["delegate"] = "xnnpack"
+    return ConversionRequest(module=deployable, example_input=example, precision="int8", out_path=out_path,
+                             model_id=deployable.model_id, calibration=calibration, qat_module=qat_module,
+                             options=options)
+
+
+def convert_int8(backend: str, deployable: torch.nn.Module, out_path: Path, *,
+                 calibration: Sequence[np.ndarray] | None = None,
+                 qat_module: torch.fx.GraphModule | None = None) -> dict[str, Any]:
+    """Write the int8 artifact of ``backend`` (PTQ from ``calibration``, or from a QAT graph); report it."""
+    module = importlib.import_module(f"converters.{G.CONVERT_TARGET[backend]}")
+    cal = None if calibration is None else [torch.from_numpy(np.asarray(c)) for c in calibration]
+    qat = None if qat_module is None else G.for_conversion(qat_module)
+    start = time.perf_counter()
+    result = module.convert(_request(deployable, Path(out_path), calibration=cal, qat_module=qat, backend=backend))
+    return {"file": str(out_path), "seconds": round(time.perf_counter() - start, 1),
+            "executable_here": bool(result.executable_here)}
+
+
+def artifact_miou(backend: str, path: Path, inputs: np.ndarray, labels: np.ndarray, num_classes: int) -> float | None:
+    """mIoU of an int8 artifact run by its runtime here; None where it cannot run here."""
+    runtime = G.RUNTIME[backend]
+    if runtime is None:
+        return None
+    from espnet_mobile.runtimes import run_artifact
+
+    masks = []
+    for x in inputs:
+        out = run_artifact(runtime[0], runtime[1], Path(path), x[None])
+        if out is None:
+            return None
+        masks.append(np.argmax(out[0], axis=0).astype(np.uint8))
+    return miou(np.stack(masks), labels, num_classes)
+
+
+def ptq_simulated_miou(backend: str, deployable: torch.nn.Module, calibration: Sequence[np.ndarray],
+                       inputs: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """PTQ int8 with the backend's PT2E quantizer and its converter's policy, run as
+    quantize/dequantize in PyTorch (Core ML, which does not run here, or when artifacts are off)."""
+    example = torch.zeros(1, 3, deployable.config.height, deployable.config.width)
+    cal = [torch.from_numpy(np.asarray(c)) for c in calibration]
+    if backend == "coreml":
+        from converters.coreml import coreml_quantizer, quantize_pt2e
+
+        converted, _ = quantize_pt2e(deployable, example, calibration=cal, quantizer=coreml_quantizer())
+    elif backend == "xnnpack":
+        from converters.executorch import quantize_pt2e
+
+        program, _ = quantize_pt2e(deployable, example, calibration=cal)
+        converted = program.module()
+    else:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        captured = torch.export.export(deployable.eval(), (example,), strict=False).module()
+        prepared = prepare_pt2e(captured, G.backend_quantizer(backend, qat=False))
+        with torch.no_grad():
+            for c in cal:
+                prepared(c)
+        converted = convert_pt2e(prepared, fold_quantize=False)
+    return miou(predict_one_by_one(converted, inputs), labels, num_classes)

@@ -1,0 +1,570 @@
+"""The QAT graph: a deployable model captured in training mode and prepared with a backend's quantizer.
+
+``prepare_qat`` turns a reference model into the graph module that
+quantization-aware training fine-tunes and that ``convert --qat-checkpoint``
+lowers without calibration:
+
+1. :func:`espnet_mobile.deploy.make_deployable` at the training size, with its
+   fixed-shape channel shuffles made batch-agnostic (``-1`` batch) and the
+   baked-in normalization frozen;
+2. ``torch.export`` in training mode with a dynamic batch dimension, so
+   BatchNorm stays a training-mode ``aten.batch_norm`` (the form the PT2E
+   conv-BN QAT rewrite matches, and the form LiteRT's quantizer leaves alone);
+3. ``prepare_qat_pt2e`` with the backend's own quantizer, the very objects the
+   converters use: :func:`converters.executorch.xnnpack_quantizer`,
+   :func:`converters.coreml.coreml_quantizer`, :func:`converters.tflite.get_quantizer`;
+4. BatchNorm eps restored (see below).
+
+BatchNorm eps. The PT2E conv-BN QAT rewrite replaces every conv -> BatchNorm
+pair with a pattern whose eps is a literal 1e-5 (in ``sqrt(var + eps)`` and in
+the BatchNorm), and torchao's train/eval switch rebuilds BatchNorm nodes the
+same way. ESPNet (v1) checkpoints use eps 1e-3, so the rewrite silently changes
+the network. Here the eps of each BatchNorm is read before preparation and
+written back afterwards, and train/eval is switched by flipping only the
+``training`` flag of the BatchNorm nodes (:func:`set_batchnorm_training`), which
+keeps eps and momentum. For conversion, ``convert_pt2e`` folds BatchNorm into
+the convolution with its own literal 1e-5, so :func:`for_conversion` moves the
+difference into the running variance (``var + eps - 1e-5``): in inference mode
+that is the same function, and the fold then produces the trained weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from espnet_mobile.errors import UserError
+
+BACKENDS = ("xnnpack", "coreml", "tflite")
+#: The ``convert --target`` each backend's QAT checkpoint converts with.
+CONVERT_TARGET = {"xnnpack": "executorch", "coreml": "coreml", "tflite": "tflite"}
+#: (target, delegate) of :func:`espnet_mobile.runtimes.run_artifact` where the int8 artifact runs here.
+RUNTIME = {"xnnpack": ("executorch", "xnnpack"), "tflite": ("tflite", "cpu"), "coreml": None}
+ARTIFACT_SUFFIX = {"xnnpack": ".pte", "coreml": ".mlpackage", "tflite": ".tflite"}
+
+_EXPORTED_TRAINING_ATTR = "_exported_training"  # torchao's flag for move_exported_model_to_eval/train
+
+
+def _aten_batch_norm() -> Any:
+    return torch.ops.aten.batch_norm.default
+
+
+def backend_quantizer(backend: str, *, qat: bool) -> Any:
+    """The converter's own PT2E quantizer for ``backend`` (QAT or PTQ flavour)."""
+    if backend == "xnnpack":
+        from converters.executorch import xnnpack_quantizer
+
+        return xnnpack_quantizer(is_qat=qat)
+    if backend == "coreml":
+        from converters.coreml import coreml_quantizer
+
+        return coreml_quantizer(is_qat=qat)
+    if backend == "tflite":
+        from converters.tflite import get_quantizer
+
+        return get_quantizer(qat=qat)
+    raise UserError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+
+
+# --------------------------------------------------------------------------- capture
+
+
+def trainable_deployable(model: nn.Module, entry: Any, height: int, width: int) -> nn.Module:
+    """The deployable graph at ``height`` x ``width`` that takes any batch size, normalization frozen."""
+    from espnet_mobile.deploy import ChannelShuffleFixed, make_deployable
+
+    try:
+        deployable = make_deployable(model, entry, height=height, width=width)
+    except ValueError as err:
+        raise UserError(f"--input-size {height}x{width}: {err}") from None
+    for module in deployable.modules():
+        if isinstance(module, ChannelShuffleFixed):
+            # The shapes are fixed at batch 1; -1 keeps every other dimension fixed.
+            module.split_shape = (-1, *module.split_shape[1:])
+            module.out_shape = (-1, *module.out_shape[1:])
+    for p in deployable.normalize.parameters():
+        p.requires_grad_(False)
+    return deployable
+
+
+EQUALIZE_MAX_SCALE = 16.0
+
+
+def equalize_pyramid_concats(deployable: nn.Module, inputs: torch.Tensor, batch: int = 1,
+                             max_scale: float = EQUALIZE_MAX_SCALE) -> dict[str, Any]:
+    """Give every channel entering an ESPNetv2 pyramid-pool concatenation the same range (exact rewrite).
+
+    The pyramid levels of an EfficientPyramidPool are concatenated and then
+    pass a per-channel affine (its BatchNorm, a depthwise 1x1 conv in the
+    deployable graph). Quantizers that give a concatenation one scale for all
+    inputs (XNNPACK's does) leave the small levels a few integer steps:
+    measured on ESPNetv2 s=2.0 at 128x128, the last pool's levels got 1.5 dB
+    SQNR. Each level is linear in its depth-wise filter (no bias; resizing and
+    pooling are linear), so scaling filter channel ``c`` of level ``i`` by ``a``
+    and the affine's weight for that channel by ``1/a`` computes the same
+    function while every channel reaches the largest range. Ranges are
+    measured on ``inputs``; returns per-pool scale statistics.
+    """
+    from espnet_mobile.deploy import DeployPyramidPool
+
+    pools = [(name, m) for name, m in deployable.named_modules() if isinstance(m, DeployPyramidPool)]
+    if not pools:
+        return {}
+    peaks: dict[tuple[str, int], torch.Tensor] = {}
+    hooks = []
+    for name, pool in pools:
+        for i, after in enumerate(pool.after):
+            def hook(_m, _inp, out, key=(name, i)):
+                peak = out.detach().abs().amax(dim=(0, 2, 3))
+                peaks[key] = peak if key not in peaks else torch.maximum(peaks[key], peak)
+            hooks.append(after.register_forward_hook(hook))
+    was_training = deployable.training
+    deployable.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(inputs), batch):
+                deployable(inputs[i:i + batch])
+    finally:
+        for h in hooks:
+            h.remove()
+        deployable.train(was_training)
+    report = {}
+    for name, pool in pools:
+        affine = pool.merge_layer[0].br[0] if hasattr(pool.merge_layer[0], "br") else None
+        if not isinstance(affine, nn.Conv2d) or affine.groups != affine.in_channels:
+            continue
+        c = pool.stages[0].out_channels
+        level_peaks = torch.stack([peaks[(name, i)] for i in range(len(pool.stages))])
+        target = level_peaks.max()
+        # Scales are capped: a huge factor leaves a tiny affine weight fed by a huge activation, which
+        # gradient descent cannot train (SGD diverges, Adam's fixed-size steps swamp the weight).
+        scales = (target / level_peaks.clamp_min(1e-30)).clamp(1.0, max_scale)
+        with torch.no_grad():
+            for i, stage in enumerate(pool.stages):
+                stage.weight.mul_(scales[i].view(c, 1, 1, 1))
+                affine.weight[i * c:(i + 1) * c].div_(scales[i].view(c, 1, 1, 1))
+        report[name] = {"max_scale": round(float(scales.max()), 2), "median_scale": round(float(scales.median()), 2)}
+    return report
+
+
+def export_for_training(deployable: nn.Module, height: int, width: int) -> torch.fx.GraphModule:
+    """``torch.export`` in training mode (BatchNorm on batch statistics) with a dynamic batch."""
+    deployable = copy.deepcopy(deployable).train()
+    example = torch.rand(2, 3, height, width)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(deployable, (example,), dynamic_shapes={"image": {0: batch}}, strict=False)
+    return program.module()
+
+
+# --------------------------------------------------------------------------- BatchNorm
+
+
+def batchnorm_nodes(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
+    """The ``aten.batch_norm`` nodes; any other BatchNorm form is unexpected here and an error."""
+    nodes = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target == _aten_batch_norm():
+            nodes.append(node)
+        elif "batch_norm" in str(node.target) and "backward" not in str(node.target):
+            raise RuntimeError(f"unexpected BatchNorm form {node.target} in the QAT graph ({node.name})")
+    return nodes
+
+
+def _var_key(node: torch.fx.Node) -> str:
+    var = node.args[4]
+    if not (isinstance(var, torch.fx.Node) and var.op == "get_attr"):
+        raise RuntimeError(f"BatchNorm {node.name} has no running variance buffer")
+    return str(var.target)
+
+
+def _eps_of(node: torch.fx.Node) -> float:
+    return float(node.args[7]) if len(node.args) > 7 else float(node.kwargs.get("eps", 1e-5))
+
+
+def batchnorm_eps(gm: torch.fx.GraphModule) -> dict[str, float]:
+    """eps of every BatchNorm, keyed by the name of its running-variance buffer."""
+    return {_var_key(n): _eps_of(n) for n in batchnorm_nodes(gm)}
+
+
+def _set_arg(node: torch.fx.Node, index: int, value: Any) -> None:
+    args = list(node.args)
+    args[index] = value
+    node.args = tuple(args)
+
+
+def _std_eps_nodes(gm: torch.fx.GraphModule, bn: torch.fx.Node) -> list[torch.fx.Node]:
+    """The ``running_var + eps`` additions of the QAT pattern feeding this BatchNorm's weight scaling."""
+    var = bn.args[4]
+    return [u for u in var.users
+            if u.op == "call_function" and u.target == torch.ops.aten.add.Tensor
+            and u.args[0] is var and isinstance(u.args[1], float)]
+
+
+def set_batchnorm_eps(gm: torch.fx.GraphModule, eps_by_var: dict[str, float]) -> int:
+    """Write eps back into every BatchNorm and its weight-scaling ``sqrt(var + eps)``; count the changes."""
+    changed = 0
+    for bn in batchnorm_nodes(gm):
+        key = _var_key(bn)
+        if key not in eps_by_var:
+            raise RuntimeError(f"no recorded eps for BatchNorm on {key}")
+        eps = float(eps_by_var[key])
+        if _eps_of(bn) != eps:
+            changed += 1
+        _set_arg(bn, 7, eps)
+        for add in _std_eps_nodes(gm, bn):
+            _set_arg(add, 1, eps)
+    gm.recompile()
+    return changed
+
+
+def std_eps_values(gm: torch.fx.GraphModule) -> dict[str, list[float]]:
+    """For tests and reports: per BatchNorm, its eps and the eps of its weight-scaling additions."""
+    return {_var_key(bn): [_eps_of(bn), *(float(a.args[1]) for a in _std_eps_nodes(gm, bn))]
+            for bn in batchnorm_nodes(gm)}
+
+
+def set_batchnorm_training(gm: torch.fx.GraphModule, training: bool) -> None:
+    """Batch statistics (``True``) or frozen running statistics (``False``), eps and momentum kept."""
+    for bn in batchnorm_nodes(gm):
+        _set_arg(bn, 5, bool(training))
+    setattr(gm, _EXPORTED_TRAINING_ATTR, bool(training))
+    gm.recompile()
+
+
+def batchnorm_training(gm: torch.fx.GraphModule) -> bool:
+    nodes = batchnorm_nodes(gm)
+    return bool(nodes[0].args[5]) if nodes else False
+
+
+# --------------------------------------------------------------------------- fake quantization
+
+
+def fake_quant_modules(gm: nn.Module) -> Iterator[nn.Module]:
+    from torchao.quantization.pt2e import FakeQuantizeBase
+
+    for m in gm.modules():
+        if isinstance(m, FakeQuantizeBase):
+            yield m
+
+
+def set_observers(gm: nn.Module, enabled: bool) -> None:
+    for m in fake_quant_modules(gm):
+        m.enable_observer(enabled)
+
+
+def set_fake_quant(gm: nn.Module, enabled: bool) -> None:
+    for m in fake_quant_modules(gm):
+        m.enable_fake_quant(enabled)
+
+
+def unfuse_fake_quant(gm: nn.Module) -> int:
+    """Swap each ``FusedMovingAvgObsFakeQuantize`` for a plain ``FakeQuantize`` around the same observer.
+
+    XNNPACK's and LiteRT's QAT configs use the fused module, whose ATen kernel
+    recomputes scale and zero point from the running range on every call, even
+    with its observer off, and treats "symmetric" as "keep zero exact": a
+    one-signed tensor (a ReLU output; a per-channel weight whose channel has one
+    value, like a BatchNorm turned depthwise conv) gets an affine range with the
+    zero point at the end of the integer range. ``convert_pt2e`` asks the
+    observer instead, which is truly symmetric, so the fused module trains a
+    different quantization from the one conversion writes (LiteRT int8 argmax
+    agreed on ~80% of pixels with its own fake-quant model on ESPNet). The plain
+    module takes its qparams from the observer and keeps them frozen when
+    observation stops; state-dict keys are the same. Returns how many were swapped.
+    """
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantize, FusedMovingAvgObsFakeQuantize
+
+    replacement: dict[int, nn.Module] = {}
+    # Shared observers are one module under several attribute names: swap every alias.
+    for name, module in list(gm.named_modules(remove_duplicate=False)):
+        if type(module) is not FusedMovingAvgObsFakeQuantize:
+            continue
+        plain = replacement.get(id(module))
+        if plain is None:
+            observer = module.activation_post_process
+            plain = FakeQuantize(observer=lambda _obs=observer, **_kw: _obs)
+            with torch.no_grad():
+                plain.scale.resize_(module.scale.shape).copy_(module.scale)
+                plain.zero_point.resize_(module.zero_point.shape).copy_(
+                    module.zero_point.to(plain.zero_point.dtype))
+                plain.fake_quant_enabled.copy_(module.fake_quant_enabled)
+                plain.observer_enabled.copy_(module.observer_enabled)
+            replacement[id(module)] = plain
+        parent_name, _, attr = name.rpartition(".")
+        setattr(gm.get_submodule(parent_name) if parent_name else gm, attr, plain)
+    swapped = len(replacement)
+    return swapped
+
+
+def quant_state(gm: nn.Module) -> dict[str, bool]:
+    """Whether observers / fake quantization are on (all modules agree after the helpers above)."""
+    mods = list(fake_quant_modules(gm))
+    return {"observers": bool(mods and all(int(m.observer_enabled[0]) for m in mods)),
+            "fake_quant": bool(mods and all(int(m.fake_quant_enabled[0]) for m in mods))}
+
+
+class inference_mode:  # used like torch.no_grad, hence the lower-case name
+    """Context: BatchNorm on running statistics, observers off, fake quantization on or off; then restored."""
+
+    def __init__(self, gm: torch.fx.GraphModule, *, fake_quant: bool = True) -> None:
+        self.gm, self.fake_quant = gm, fake_quant
+
+    def __enter__(self) -> torch.fx.GraphModule:
+        self.saved_bn = batchnorm_training(self.gm)
+        mods = list(fake_quant_modules(self.gm))
+        self.saved = [(int(m.observer_enabled[0]), int(m.fake_quant_enabled[0])) for m in mods]
+        set_batchnorm_training(self.gm, False)
+        set_observers(self.gm, False)
+        set_fake_quant(self.gm, self.fake_quant)
+        return self.gm
+
+    def __exit__(self, *exc: object) -> None:
+        for m, (obs, fq) in zip(fake_quant_modules(self.gm), self.saved, strict=True):
+            m.observer_enabled[0] = obs
+            m.fake_quant_enabled[0] = fq
+        set_batchnorm_training(self.gm, self.saved_bn)
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+class _CallableModule(nn.Module):
+    """A plain pattern function as a module, the form ``torch.export`` accepts."""
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _litert_qat_patterns(backend: str) -> Iterator[None]:
+    """Let LiteRT's QAT-only conv-BN annotators build their patterns.
+
+    litert-torch 0.10 hands plain functions to torchao 0.18's
+    ``_get_aten_graph_module_for_pattern``, which exports them with
+    ``torch.export`` and so rejects anything but a module: every
+    ``prepare_qat_pt2e`` with LiteRT's quantizer fails on its conv-BN(-ReLU)
+    annotators. While preparing, the helper seen by litert-torch wraps a
+    function in a module first; nothing else changes.
+    """
+    if backend != "tflite":
+        yield
+        return
+    from litert_torch.quantize import pt2e_quantizer_utils as lqu
+
+    original = lqu._get_aten_graph_module_for_pattern
+
+    def wrapped(pattern: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(pattern, nn.Module):
+            pattern = _CallableModule(pattern)
+        return original(pattern, *args, **kwargs)
+
+    lqu._get_aten_graph_module_for_pattern = wrapped
+    try:
+        yield
+    finally:
+        lqu._get_aten_graph_module_for_pattern = original
+
+
+@dataclass
+class PreparedQAT:
+    """The prepared graph and what preparing it did."""
+
+    module: torch.fx.GraphModule
+    backend: str
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def fp32_nodes(captured: torch.fx.GraphModule, backend: str) -> list[str]:
+    """Nodes the backend's converter keeps in fp32 when it quantizes after training, so QAT does too.
+
+    XNNPACK's converter leaves convolutions with effective weight gains above
+    :data:`converters.executorch.DEFAULT_MAX_WEIGHT_GAIN` in float (BatchNorms
+    with collapsed variance make ESPNetv2's decoder amplify int8 rounding
+    several hundred times); the other converters quantize everything.
+    """
+    if backend != "xnnpack":
+        return []
+    from converters.executorch import DEFAULT_MAX_WEIGHT_GAIN, high_gain_convolutions
+
+    return sorted(high_gain_convolutions(captured, DEFAULT_MAX_WEIGHT_GAIN))
+
+
+def prepare_qat(model: nn.Module, entry: Any, backend: str, height: int, width: int,
+                equalize_on: torch.Tensor | None = None, keep_fp32: list[str] | None = None) -> PreparedQAT:
+    """Reference model -> PT2E QAT graph for ``backend`` at ``height`` x ``width`` (BatchNorm training).
+
+    ``equalize_on``: inputs to measure ranges on for :func:`equalize_pyramid_concats` (a new run
+    passes its calibration images; rebuilding a checkpoint's graph does not need them, as its
+    state dict holds the equalized values). ``keep_fp32``: node names left unquantized; None
+    chooses them as the converter would (:func:`fp32_nodes`); a checkpoint passes its own list so
+    the rebuilt graph is the trained one.
+    """
+    import logging
+    import warnings
+
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    quantizer = backend_quantizer(backend, qat=True)
+    deployable = trainable_deployable(model, entry, height, width)
+    equalized = {} if equalize_on is None else equalize_pyramid_concats(deployable, equalize_on)
+    captured = export_for_training(deployable, height, width)
+    eps = batchnorm_eps(captured)
+    kept = fp32_nodes(captured, backend) if keep_fp32 is None else list(keep_fp32)
+    if kept:
+        names = frozenset(kept)
+        quantizer.set_filter_function(lambda node: node.name not in names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torchao").setLevel(logging.ERROR)
+        with _litert_qat_patterns(backend):
+            prepared = prepare_qat_pt2e(captured, quantizer)
+    unfused = unfuse_fake_quant(prepared)
+    reset = set_batchnorm_eps(prepared, eps)
+    set_batchnorm_training(prepared, True)
+    freeze_unused_parameters(prepared)
+    values = sorted(set(eps.values()))
+    report = {"batchnorms": len(eps), "eps": values, "eps_restored": reset,
+              "fake_quantizers": sum(1 for _ in fake_quant_modules(prepared)), "unfused_fake_quantizers": unfused,
+              "equalized_pyramid_pools": equalized, "fp32_nodes": kept}
+    return PreparedQAT(prepared, backend, report)
+
+
+def for_conversion(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A copy for ``ConversionRequest.qat_module``: BatchNorm on running statistics and folded into its
+    convolution with the model's own eps, observers off, fake quantization on.
+
+    Folding here (rather than in ``convert_pt2e``) keeps eps exact (torchao's
+    fold assumes 1e-5) and skips convert_pt2e's pattern-traced QAT fold, which
+    costs tens of seconds per conversion. The folded graph computes what the
+    fake-quantized graph computes in inference mode, with the weight quantizer
+    now reading the folded weight it was trained on.
+    """
+    out = copy.deepcopy(gm)
+    set_batchnorm_training(out, False)
+    set_observers(out, False)
+    set_fake_quant(out, True)
+    folded = fold_batchnorms(out)
+    out.meta["espnet_mobile_folded_batchnorms"] = folded
+    return out
+
+
+def _attr_tensor(gm: torch.fx.GraphModule, node: Any) -> torch.Tensor | None:
+    if not (isinstance(node, torch.fx.Node) and node.op == "get_attr"):
+        return None
+    obj: Any = gm
+    for part in str(node.target).split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _is_call(node: Any, target: Any) -> bool:
+    return isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target == target
+
+
+def _new_param(gm: torch.fx.GraphModule, base: str, value: torch.Tensor, before: torch.fx.Node) -> torch.fx.Node:
+    name = base.replace(".", "_")
+    i = 0
+    while hasattr(gm, f"{name}_{i}"):
+        i += 1
+    gm.register_parameter(f"{name}_{i}", nn.Parameter(value.detach().clone(), requires_grad=False))
+    with gm.graph.inserting_before(before):
+        return gm.graph.get_attr(f"{name}_{i}")
+
+
+def fold_batchnorms(gm: torch.fx.GraphModule) -> int:
+    """Fold every inference-mode BatchNorm of the PT2E QAT conv-BN pattern into its convolution.
+
+    The pattern (torchao's ``_get_qat_conv_bn_pattern``)::
+
+        s = bn.weight / sqrt(bn.running_var + eps)
+        y = conv(x, fq(w * s[:, None, None, None]), [zeros]) / s[None, :, None, None] [+ conv_bias]
+        out = batch_norm(y, running stats, eps)
+
+    becomes ``conv(x, fq(w_folded), b_folded)`` with ``w_folded = w * s`` (the very tensor
+    the weight quantizer saw) and ``b_folded = (conv_bias - mean) * s + bn.bias``.
+    A BatchNorm that does not match raises, so a changed pattern is noticed.
+    """
+    aten = torch.ops.aten
+    count = 0
+    for bn in batchnorm_nodes(gm):
+        if bn.args[5]:
+            raise RuntimeError(f"{bn.name} is in training mode; fold only inference-mode BatchNorm")
+        y, conv_bias_node = bn.args[0], None
+        if _is_call(y, aten.add.Tensor) and _is_call(y.args[0], aten.div.Tensor):
+            conv_bias_node, y = y.args[1], y.args[0]
+            if _is_call(conv_bias_node, aten.reshape.default):
+                conv_bias_node = conv_bias_node.args[0]
+        if not (_is_call(y, aten.div.Tensor) and _is_call(y.args[0], aten.conv2d.default)):
+            raise RuntimeError(f"BatchNorm {bn.name} does not follow the PT2E QAT conv-BN pattern")
+        conv = y.args[0]
+        # The weight is fake-quantized (fq(w * s)), or plain (w * s) where the quantizer left the
+        # convolution in float (e.g. XNNPACK's high-gain layers).
+        fq = conv.args[1]
+        if isinstance(fq, torch.fx.Node) and fq.op == "call_module":
+            scaled, consumer = fq.args[0], fq
+        else:
+            scaled, consumer = fq, conv
+        if not _is_call(scaled, aten.mul.Tensor):
+            raise RuntimeError(f"convolution {conv.name} before {bn.name} has no scaled weight")
+        weight = _attr_tensor(gm, scaled.args[0])
+        gamma, beta, mean, var = (_attr_tensor(gm, a) for a in bn.args[1:5])
+        if weight is None or mean is None or var is None:
+            raise RuntimeError(f"BatchNorm {bn.name}: weight or statistics are not constants")
+        eps = _eps_of(bn)
+        with torch.no_grad():
+            # The same float32 operations as the graph, so fq sees bit-identical weights.
+            scale = (gamma if gamma is not None else torch.ones_like(var)) / torch.sqrt(var + eps)
+            w_folded = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+            conv_bias = _attr_tensor(gm, conv_bias_node) if conv_bias_node is not None else None
+            shift = (conv_bias if conv_bias is not None else torch.zeros_like(mean)) - mean
+            b_folded = shift * scale + (beta if beta is not None else torch.zeros_like(mean))
+        w_node = _new_param(gm, f"{scaled.args[0].target}_folded", w_folded, consumer)
+        b_node = _new_param(gm, f"{scaled.args[0].target}_folded_bias", b_folded, conv)
+        if consumer is fq:
+            fq.args = (w_node, *fq.args[1:])
+        conv_args = list(conv.args)
+        if consumer is conv:
+            conv_args[1] = w_node
+        while len(conv_args) < 3:
+            conv_args.append(None)
+        conv_args[2] = b_node
+        conv.args = tuple(conv_args)
+        bn.replace_all_uses_with(conv)
+        gm.graph.erase_node(bn)
+        count += 1
+    # The BatchNorms' num_batches_tracked increments are in-place and would survive dead-code removal.
+    for node in list(gm.graph.nodes):
+        if _is_call(node, aten.add_.Tensor) and isinstance(node.args[0], torch.fx.Node) \
+                and str(node.args[0].target).endswith("num_batches_tracked") and not node.users:
+            gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return count
+
+
+def freeze_unused_parameters(gm: torch.fx.GraphModule) -> int:
+    """Stop training parameters the graph never reads (e.g. copied into constants by a quantizer's
+    transform); DDP requires every trained parameter to receive a gradient."""
+    used = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    frozen = 0
+    for name, p in gm.named_parameters():
+        if p.requires_grad and name not in used:
+            p.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
+def trainable_parameters(gm: nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in gm.named_parameters() if p.requires_grad]

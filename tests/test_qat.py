@@ -1,0 +1,451 @@
+"""Quantization-aware training: the graph, the eps fix, training, checkpoints, resume, conversion, DDP.
+
+Fast tests use the smallest ESPNetv2 (s=0.5) and ESPNet (p=2, q=3) with random
+weights at 64x64 (ESPNet 64x128), so they need no checkpoints. Whole runs,
+conversions and the two-process comparison are marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import espnet_mobile as em
+from espnet_mobile import qat, qat_checkpoint, qat_data, qat_eval
+from espnet_mobile import qat_graph as G
+from espnet_mobile.errors import UserError
+
+TINY = "espnetv2_s_0.5_pascal_256x256"
+ESPNET = "espnet_p_2_q_3"
+SIZE = 64
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _random_model(model_id: str, seed: int = 0) -> torch.nn.Module:
+    """Random weights, with BatchNorm statistics spread out so eps and folding matter."""
+    torch.manual_seed(seed)
+    model = em.build_model(em.get_entry(model_id))
+    gen = torch.Generator().manual_seed(seed + 1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) * 2e-3 + 1e-4)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    torch.save(_random_model(TINY).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def espnet_prepared():
+    model = _random_model(ESPNET)
+    prepared = G.prepare_qat(model, em.get_entry(ESPNET), "xnnpack", SIZE, 2 * SIZE)
+    return model, prepared
+
+
+def _observe(gm: torch.fx.GraphModule, x: torch.Tensor) -> None:
+    """Run observers once with BatchNorm on running statistics (no state other than ranges changes)."""
+    G.set_batchnorm_training(gm, False)
+    with torch.no_grad():
+        gm(x)
+    G.set_batchnorm_training(gm, True)
+
+
+def _cli(*args: str) -> list[str]:
+    return ["--model", TINY, "--input-size", f"{SIZE}x{SIZE}", "--no-progress", "--threads", "1", *args]
+
+
+# --------------------------------------------------------------------------- graph and BatchNorm eps
+
+
+def test_eps_restored_after_prepare(espnet_prepared):
+    model, prepared = espnet_prepared
+    assert {m.eps for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-3}
+    report = prepared.report
+    # ESPNet's conv->BN pairs were rewritten with eps 1e-5 by prepare_qat_pt2e; all restored.
+    assert report["batchnorms"] > 0 and report["eps_restored"] == report["batchnorms"]
+    for values in G.std_eps_values(prepared.module).values():
+        assert values[0] == 1e-3 and len(values) >= 2 and all(v == 1e-3 for v in values)
+
+
+def test_qat_graph_computes_the_deployable_model(espnet_prepared):
+    from espnet_mobile.deploy import make_deployable
+
+    model, prepared = espnet_prepared
+    x = torch.rand(2, 3, SIZE, 2 * SIZE)
+    deployable = make_deployable(model, ESPNET, height=SIZE, width=2 * SIZE)
+    with torch.no_grad():
+        ref = torch.cat([deployable(x[i:i + 1]) for i in range(2)])
+        with G.inference_mode(prepared.module, fake_quant=False):
+            out = prepared.module(x)
+    rel = float((out - ref).abs().max() / ref.abs().max())
+    assert rel < 1e-4, rel
+    # Without the fix (eps 1e-5) the same graph computes something else: the test can tell.
+    broken = copy.deepcopy(prepared.module)
+    G.set_batchnorm_eps(broken, {k: 1e-5 for k in G.batchnorm_eps(broken)})
+    with torch.no_grad(), G.inference_mode(broken, fake_quant=False):
+        wrong = broken(x)
+    assert float((wrong - ref).abs().max() / ref.abs().max()) > 10 * rel
+
+
+def test_conversion_copy_is_exactly_the_fake_quantized_model(espnet_prepared):
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    _, prepared = espnet_prepared
+    gm = copy.deepcopy(prepared.module)
+    _observe(gm, torch.rand(4, 3, SIZE, 2 * SIZE))
+    x = torch.rand(2, 3, SIZE, 2 * SIZE)
+    with torch.no_grad(), G.inference_mode(gm, fake_quant=True):
+        fq = gm(x)
+    folded = G.for_conversion(gm)
+    assert folded.meta["espnet_mobile_folded_batchnorms"] == prepared.report["batchnorms"]
+    assert not G.batchnorm_nodes(folded)
+    with torch.no_grad():
+        converted = convert_pt2e(folded)(x)
+    # BatchNorm folded with eps 1e-3 and qparams from the observers: what training saw is what converts.
+    assert torch.allclose(converted, fq, rtol=0, atol=1e-5 * float(fq.abs().max()))
+
+
+def test_fake_quantizers_use_the_observers_qparams(espnet_prepared):
+    from torchao.quantization.pt2e.fake_quantize import FusedMovingAvgObsFakeQuantize
+
+    _, prepared = espnet_prepared
+    gm = copy.deepcopy(prepared.module)
+    assert not any(isinstance(m, FusedMovingAvgObsFakeQuantize) for m in gm.modules())
+    _observe(gm, torch.rand(2, 3, SIZE, 2 * SIZE))
+    for fq in G.fake_quant_modules(gm):
+        scale, zero_point = fq.activation_post_process.calculate_qparams()
+        assert torch.equal(fq.scale.reshape(-1), scale.reshape(-1).to(fq.scale.dtype))
+        assert torch.equal(fq.zero_point.reshape(-1), zero_point.reshape(-1).to(fq.zero_point.dtype))
+
+
+def test_schedule_switches_observers_and_batchnorm(espnet_prepared):
+    _, prepared = espnet_prepared
+    gm = copy.deepcopy(prepared.module)
+    run = qat.Run.__new__(qat.Run)
+    run.cfg = qat.RunConfig(model=ESPNET, backend="xnnpack", steps=10, observer_freeze=0.6, bn_freeze=0.7)
+    run._schedule(gm, 5)
+    assert G.quant_state(gm)["observers"] and G.batchnorm_training(gm)
+    run._schedule(gm, 6)
+    assert not G.quant_state(gm)["observers"] and G.batchnorm_training(gm)
+    run._schedule(gm, 7)
+    assert not G.batchnorm_training(gm)
+    assert {v[0] for v in G.std_eps_values(gm).values()} == {1e-3}  # switching keeps eps
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    torch.set_num_threads(1)
+    prepared = G.prepare_qat(_random_model(TINY), em.get_entry(TINY), "xnnpack", SIZE, SIZE)
+    gm = prepared.module
+    data = qat_data.load_data("synthetic:2", height=SIZE, width=SIZE, num_classes=21)
+    x, y = qat_data.batch(data, seed=0, phase="qat", step=0, global_batch=4, rank=0, world=1, height=SIZE,
+                          width=SIZE)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    opt = torch.optim.Adam([p for _, p in G.trainable_parameters(gm)], lr=3e-2)
+    losses = []
+    for _ in range(8):
+        loss, _ = qat.label_loss(gm(x), y, qat.Dist())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0] and losses == sorted(losses, reverse=True), losses
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_batches_are_a_pure_function_of_seed_and_step_and_split_over_processes():
+    data = qat_data.load_data("synthetic:2", height=SIZE, width=SIZE, num_classes=21)
+    kw = {"seed": 3, "phase": "qat", "step": 5, "height": SIZE, "width": SIZE}
+    x1, y1 = qat_data.batch(data, global_batch=4, rank=0, world=1, **kw)
+    x2, y2 = qat_data.batch(data, global_batch=4, rank=0, world=1, **kw)
+    assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    halves = [qat_data.batch(data, global_batch=4, rank=r, world=2, **kw) for r in (0, 1)]
+    assert np.array_equal(np.concatenate([h[0] for h in halves]), x1)
+    assert np.array_equal(np.concatenate([h[1] for h in halves]), y1)
+    x3, _ = qat_data.batch(data, global_batch=4, rank=0, world=1, **{**kw, "step": 6})
+    assert not np.array_equal(x1, x3)
+
+
+def test_distill_data_holds_out_photos(tmp_path):
+    from PIL import Image
+
+    from espnet_mobile import synthetic
+
+    for i, (rgb, _) in enumerate(synthetic.scenes(8, 70, 90, 21)):
+        Image.fromarray(rgb).save(tmp_path / f"p{i}.png")
+    data = qat_data.load_data(f"distill:{tmp_path}", height=SIZE, width=SIZE, num_classes=21)
+    held = {n.split("#")[0] for n in data.heldout_names}
+    assert held == {"p3", "p7"} and not held & {Path(n).stem for n in data.train_names}
+    assert data.heldout_inputs.shape == (2 * len(qat_data.HOLDOUT_VIEWS), 3, SIZE, SIZE)
+    assert data.heldout_labels is None
+
+
+def test_teacher_labels_skip_unsure_pixels():
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 1, 0, 0] = 5.0  # confident
+    teacher = lambda x: logits  # noqa: E731
+    labels = qat_eval.teacher_labels(teacher, np.zeros((1, 3, 2, 2), np.float32))
+    assert labels[0, 0, 0] == 1 and (labels.flatten()[1:] == 255).all()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    payload = {"config": {"model": TINY}, "phase": "qat", "step": 7, "qat_state": {"w": torch.arange(3.0)},
+               "rng": qat_checkpoint.rng_state(), "history": [{"step": 7, "fp32_miou": 1.5}]}
+    qat_checkpoint.save(path, payload)
+    back = qat_checkpoint.load(path)
+    assert back["step"] == 7 and torch.equal(back["qat_state"]["w"], torch.arange(3.0))
+    torch.load(path, weights_only=True)  # nothing but tensors and primitive containers
+    state = qat_checkpoint.rng_state()
+    a = (torch.rand(3), np.random.rand(3))
+    qat_checkpoint.set_rng_state(state)
+    b = (torch.rand(3), np.random.rand(3))
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_never_replaces_a_good_one(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    qat_checkpoint.save(path, {"config": {}, "phase": "qat", "step": 1})
+    good = path.read_bytes()
+    # A write that dies half way leaves the good file and no temporary behind.
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError):
+        qat_checkpoint.save(path, {"config": {}, "phase": "qat", "step": 2})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    # A corrupt file is reported in one line and left untouched.
+    bad = tmp_path / "bad" / "checkpoint.pt"
+    bad.parent.mkdir()
+    bad.write_bytes(good[: len(good) // 2])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        qat_checkpoint.load(bad)
+    before = bad.read_bytes()
+    assert qat.main(_cli("--backend", "xnnpack", "--data", "synthetic:2", "--out", str(bad.parent),
+                         "--resume")) == 2
+    assert bad.read_bytes() == before
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys, tiny_weights):
+    cases = [
+        (["--input-size", "64"], "--input-size must look like"),
+        (["--data", "distill:/no/such/folder"], "does not exist"),
+        (["--data", "imagenet:/x"], "unknown data spec"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--out", str(tmp_path), "--resume"], "no checkpoint"),
+    ]
+    for extra, message in cases:
+        argv = ["--model", TINY, "--backend", "xnnpack", "--weights", str(tiny_weights), "--no-progress", *extra]
+        assert qat.main(argv) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert qat.main(["--model", "nope", "--backend", "xnnpack"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        qat.main(["--model", TINY, "--backend", "xnnpack", "--steps", "2", "--epochs", "1"])
+    assert exit_info.value.code == 2
+
+
+# --------------------------------------------------------------------------- whole runs (slow)
+
+
+def _run_args(out: Path, weights: Path, *extra: str) -> list[str]:
+    return _cli("--backend", "xnnpack", "--weights", str(weights), "--data", "synthetic:3", "--steps", "6",
+                "--fp32-steps", "2", "--batch-size", "2", "--eval-every", "3", "--checkpoint-every", "2",
+                "--artifact-eval", "none", "--calibration-images", "2", "--out", str(out), *extra)
+
+
+def _numbers(out: Path) -> dict:
+    m = json.loads((out / "metrics.json").read_text())
+    keep = ("fp32_miou", "ptq_int8_miou", "qat_int8_miou", "qat_fake_quant_miou", "qat_fp32_miou")
+    history = [{k: v for k, v in h.items() if k not in ("wall_seconds", "artifact")} for h in m["history"]]
+    return {**{k: m[k] for k in keep}, "history": history}
+
+
+@pytest.mark.slow
+def test_resume_after_a_crash_gives_the_same_numbers(tmp_path, tiny_weights, monkeypatch):
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+    assert qat.main(_run_args(whole, tiny_weights)) == 0
+    real_batch = qat_data.batch
+
+    def crash_at_qat_step_5(data, **kw):
+        if kw["phase"] == "qat" and kw["step"] == 5:
+            raise RuntimeError("simulated crash")
+        return real_batch(data, **kw)
+
+    monkeypatch.setattr(qat_data, "batch", crash_at_qat_step_5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        qat.main(_run_args(crashed, tiny_weights))
+    assert qat_checkpoint.load(crashed / "checkpoint.pt")["step"] == 4  # at most --checkpoint-every lost
+    monkeypatch.setattr(qat_data, "batch", real_batch)
+    assert qat.main(_run_args(crashed, tiny_weights, "--resume")) == 0
+    assert _numbers(crashed) == _numbers(whole)
+    a = qat_checkpoint.load(whole / "checkpoint.pt")["qat_state"]
+    b = qat_checkpoint.load(crashed / "checkpoint.pt")["qat_state"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if "num_batches_tracked" not in k)
+    # A finished run resumed again only reports.
+    assert qat.main(_run_args(crashed, tiny_weights, "--resume")) == 0
+    # Changing a setting on --resume is refused.
+    assert qat.main(_run_args(crashed, tiny_weights, "--resume", "--lr", "0.5")) == 2
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume(tmp_path, tiny_weights):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "espnet_mobile.qat", *_run_args(out, tiny_weights)]
+    args[args.index("--steps") + 1] = "40"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            ckpt = out / "checkpoint.pt"
+            if ckpt.exists() and qat_checkpoint.load(ckpt)["phase"] == "qat" and \
+                    qat_checkpoint.load(ckpt)["step"] >= 4:
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = qat_checkpoint.load(out / "checkpoint.pt")["step"]
+    result = subprocess.run([*args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"step {killed_at}" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 40 and metrics["history"][-1]["step"] == 40
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_weights) -> Path:
+    out = tmp_path_factory.mktemp("qat") / "run"
+    assert qat.main(_run_args(out, tiny_weights)) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_run_writes_metrics_and_fp32_weights(finished_run):
+    m = json.loads((finished_run / "metrics.json").read_text())
+    for key in ("fp32_miou", "ptq_int8_miou", "qat_int8_miou", "data", "steps", "wall_seconds", "int8_source"):
+        assert key in m
+    assert m["data"] == "synthetic:3" and m["steps"] == 6 and m["fp32_steps"] == 2
+    assert (finished_run / "fp32_finetuned.pth").is_file()
+    em.create_model(TINY, weights=finished_run / "fp32_finetuned.pth")  # loads as a reference model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_checkpoint_converts_without_calibration(finished_run, tmp_path, target):
+    from espnet_mobile import convert
+
+    bundle_root = tmp_path / "bundle"
+    argv = ["--model", TINY, "--target", target, "--precision", "int8", "--qat-checkpoint",
+            str(finished_run / "checkpoint.pt"), "--out", str(bundle_root), "--no-extra-delegates"]
+    if target == "tflite":
+        # The run was for XNNPACK: converting it for another backend is refused.
+        assert convert.main(argv) == 2
+        return
+    os.environ.pop("ESPNET_MOBILE_IMAGES", None)
+    assert convert.main(argv) == 0
+    manifest = json.loads((bundle_root / TINY / "manifest.json").read_text())
+    (art,) = [a for a in manifest["artifacts"] if a["precision"] == "int8"]
+    assert art["quantization"]["source"] == "qat"
+    assert manifest["model"]["qat_checkpoint_sha256"]
+    # The artifact computes what QAT trained: the int8 .pte is far closer to the fake-quantized graph
+    # than to the same graph without fake quantization. (Not equal: XNNPACK's fixed-point
+    # requantization rounds differently by up to one step per layer, and this random-weight
+    # network amplifies that; the first conv already differs by one step.)
+    loaded = qat.load_qat_module(finished_run / "checkpoint.pt")
+    x = torch.from_numpy(qat_data.load_data("synthetic:3", height=SIZE, width=SIZE, num_classes=21)
+                         .heldout_inputs[:3])
+    from espnet_mobile.runtimes import run_artifact
+
+    def sqnr(a: np.ndarray, ref: np.ndarray) -> float:
+        return float(10 * np.log10((ref ** 2).sum() / max(((a - ref) ** 2).sum(), 1e-30)))
+
+    for i in range(len(x)):
+        out = run_artifact("executorch", "xnnpack", bundle_root / TINY / art["file"], x[i:i + 1].numpy())
+        with torch.no_grad():
+            fake_quant = loaded.module(x[i:i + 1]).numpy()
+            G.set_fake_quant(loaded.module, False)
+            float_graph = loaded.module(x[i:i + 1]).numpy()
+            G.set_fake_quant(loaded.module, True)
+        assert sqnr(out, fake_quant) >= sqnr(out, float_graph) + 3.0
+        agree_fq = np.mean(out.argmax(1) == fake_quant.argmax(1))
+        assert agree_fq >= np.mean(out.argmax(1) == float_graph.argmax(1)) + 0.2, agree_fq
+
+
+@pytest.mark.slow
+def test_tflite_qat_converts(tmp_path, tiny_weights):
+    from espnet_mobile import convert
+
+    out = tmp_path / "run"
+    argv = _run_args(out, tiny_weights)
+    argv[argv.index("xnnpack")] = "tflite"
+    assert qat.main(argv) == 0
+    assert convert.main(["--model", TINY, "--target", "tflite", "--precision", "int8", "--qat-checkpoint",
+                         str(out / "checkpoint.pt"), "--out", str(tmp_path / "bundle")]) == 0
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(tmp_path, tiny_weights):
+    """DDP over 2 gloo processes vs 1 process: same data, same gradient (up to summation order);
+    BatchNorm batch statistics are per process, so numbers agree within the documented tolerance."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    base = ["--backend", "xnnpack", "--weights", str(tiny_weights), "--data", "synthetic:3", "--steps", "6",
+            "--fp32-steps", "0", "--batch-size", "4", "--eval-every", "6", "--artifact-eval", "none",
+            "--calibration-images", "2",
+            "--model", TINY, "--input-size", f"{SIZE}x{SIZE}", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    r1 = subprocess.run([sys.executable, "-m", "espnet_mobile.qat", *base, "--out", str(one)], cwd=REPO, env=env,
+                        capture_output=True, text=True)
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                         "-m", "espnet_mobile.qat", *base, "--out", str(two)], cwd=REPO, env=env,
+                        capture_output=True, text=True)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    m1 = json.loads((one / "metrics.json").read_text())
+    m2 = json.loads((two / "metrics.json").read_text())
+    assert m2["world_size"] == 2 and m1["world_size"] == 1
+    for key in ("fp32_miou", "ptq_int8_miou"):
+        assert m1[key] == m2[key]  # measured before any training step (no fp32 phase): identical
+    for key in ("qat_int8_miou", "qat_fp32_miou"):
+        assert abs(m1[key] - m2[key]) <= qat.DDP_MIOU_TOLERANCE, (key, m1[key], m2[key])
+
+
+def test_loading_a_qat_state_keeps_observer_eps(espnet_prepared):
+    """A plain-dict state (as checkpoints store it) must not reset observers' eps to float32 eps."""
+    _, prepared = espnet_prepared
+    gm = copy.deepcopy(prepared.module)
+    state = {k: v.clone() for k, v in gm.state_dict().items()}
+    eps_keys = [k for k in state if k.endswith(".eps")]
+    assert eps_keys and any(float(state[k][0]) == 2.0 ** -12 for k in eps_keys)
+    rebuilt = copy.deepcopy(prepared.module)
+    qat._load_state(rebuilt, state, "test")
+    after = rebuilt.state_dict()
+    assert all(torch.equal(after[k], state[k]) for k in eps_keys)
