@@ -117,9 +117,9 @@ def _view(rgb: np.ndarray, side: float, cy: float, cx: float, height: int, width
     """A crop of ``side`` of the photo (keeping the model's aspect), centred at (cy, cx), at the input size."""
     h, w = rgb.shape[:2]
     cover = max(height / h, width / w)
-    ch, cw = height / cover * side, width / cover * side
-    y0 = float(np.clip(cy * h - ch / 2, 0, h - ch))
-    x0 = float(np.clip(cx * w - cw / 2, 0, w - cw))
+    ch, cw = min(height / cover * side, h), min(width / cover * side, w)  # min: float rounding past the edge
+    y0 = max(0.0, min(cy * h - ch / 2, h - ch))
+    x0 = max(0.0, min(cx * w - cw / 2, w - cw))
     return _resize_box(rgb, (x0, y0, x0 + cw, y0 + ch), width, height)
 
 
