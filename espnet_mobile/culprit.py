@@ -117,12 +117,21 @@ def rel_error(out: np.ndarray, ref: np.ndarray) -> float:
 def pick_culprit(entries: Sequence[Compared], threshold: float, jump: float = JUMP) -> tuple[int | None, str]:
     """Index of the first entry over ``threshold`` whose error jumps against its inputs'.
 
-    Falls back to the first entry over the threshold when none jumps.
+    An entry whose consumers are all back under the threshold is passed over:
+    a real error propagates, a tensor compared with the wrong reference (an
+    ambiguous layout or name) does not. Falls back to the first entry over the threshold when none jumps.
     """
+    consumers: dict[int, list[int]] = {}
+    for j, e in enumerate(entries):
+        for i in e.inputs:
+            consumers.setdefault(i, []).append(j)
     first_over = None
     for i, e in enumerate(entries):
         if e.rel_error <= threshold:
             continue
+        users = consumers.get(i, [])
+        if users and all(entries[j].rel_error <= threshold for j in users):
+            continue  # every consumer is exact again: a mismatched comparison, not an error that propagates
         if first_over is None:
             first_over = i
         if e.rel_error > jump * max(e.input_error(entries), threshold / jump):
@@ -267,19 +276,27 @@ class _LocationResolver:
     is matched against the children of the module reached so far.
     """
 
-    def __init__(self, root: nn.Module) -> None:
+    def __init__(self, root: nn.Module, numels: dict[str, int] | None = None) -> None:
         self.root = root
         cls = type(root)
         self.root_prefix = f"{cls.__module__}.{cls.__qualname__}_"
-        self._cache: dict[str, str | None] = {}
+        self.numels = numels or {}  # module path -> its output's element count, to tell list items apart
+        self._cache: dict[tuple[str, int | None], str | None] = {}
+
+    def _fits(self, path: str, numel: int | None) -> bool:
+        """Whether some module under ``path`` outputs ``numel`` elements (unknown sizes fit)."""
+        if numel is None or not self.numels:
+            return True
+        return any(n == numel for p, n in self.numels.items() if p == path or p.startswith(path + "."))
 
     def short(self, name: str) -> str:
         """A tensor name without the wrapper segments above the deployable graph."""
         return re.sub(r"[^;]*?" + re.escape(self.root_prefix) + r"[^/;]*/", "", name)
 
-    def resolve(self, location: str) -> str | None:
-        if location in self._cache:
-            return self._cache[location]
+    def resolve(self, location: str, numel: int | None = None) -> str | None:
+        key = (location, numel)
+        if key in self._cache:
+            return self._cache[key]
         segments = location.split("/")
         start = next((i for i, s in enumerate(segments) if s.startswith(self.root_prefix)), None)
         path: str | None = None
@@ -289,11 +306,23 @@ class _LocationResolver:
                 child = next((name for name, mod in current.named_children()
                               if seg == f"{type(mod).__module__}.{type(mod).__qualname__}_{name}"), None)
                 if child is None:
-                    break
+                    # A module called out of a ModuleList (``for block in self.level3``) is named by
+                    # its index alone (``EESP_2``), without the list; accept it only when exactly one
+                    # list of ``current`` has such a child, else stop here (the parent is still right).
+                    here = ".".join(parts)
+                    hits = [f"{lname}.{name}" for lname, lst in current.named_children()
+                            if isinstance(lst, nn.ModuleList)
+                            for name, mod in lst.named_children()
+                            if seg == f"{type(mod).__module__}.{type(mod).__qualname__}_{name}"]
+                    if len(hits) > 1:  # the same index in several lists: keep those whose sizes fit the tensor
+                        hits = [h for h in hits if self._fits(f"{here}.{h}" if here else h, numel)]
+                    if len(hits) != 1:
+                        break
+                    child = hits[0]
                 parts.append(child)
-                current = getattr(current, child)
+                current = current.get_submodule(child)
             path = ".".join(parts)
-        self._cache[location] = path
+        self._cache[key] = path
         return path
 
 
@@ -372,11 +401,12 @@ def locate_tflite(path: Path, deployable: nn.Module, x: np.ndarray, threshold: f
 
     details = {d["index"]: d for d in interp.get_tensor_details()}
     ops = sorted(interp._get_ops_details(), key=lambda o: o["index"])
-    resolver = _LocationResolver(deployable)
+    resolver = _LocationResolver(deployable, {p: int(v.numel()) for p, v in ref.outputs.items()})
     op_locs: list[list[str]] = []
     for op in ops:
-        outs = [details[i]["name"] for i in op["outputs"] if i in details]
-        paths = [resolver.resolve(loc) for name in outs[:1] for loc in tensor_locations(name)]
+        outs = [details[i] for i in op["outputs"] if i in details]
+        paths = [resolver.resolve(loc, int(np.prod(d["shape"]))) for d in outs[:1]
+                 for loc in tensor_locations(d["name"])]
         op_locs.append([p for p in paths if p is not None])
 
     # last op touching each module's subtree

@@ -47,6 +47,28 @@ class Root(nn.Module):
         self.body = nn.Sequential(Inner(), Inner())
 
 
+class Lists(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.early = nn.ModuleList([Inner(), Inner(), Inner()])
+        self.late = nn.ModuleList([Inner(), Inner()])
+
+
+def test_location_resolver_finds_modules_called_out_of_a_list() -> None:
+    """litert-torch names ``for block in self.early`` items by index alone (``Inner_2``): unique indices
+    resolve, shared ones are told apart by the tensor's size, and a tie is never guessed."""
+    root = Lists()
+    prefix = "converters.tflite._NamedIO/tests.test_culprit.Lists_inner/"
+    r = C._LocationResolver(root, {"early.1.conv": 8 * 16 * 16, "late.1.conv": 8 * 8 * 8,
+                                   "early.2.conv": 8 * 16 * 16})
+    assert r.resolve(prefix + "tests.test_culprit.Inner_2/torch.nn.modules.conv.Conv2d_conv") == "early.2.conv"
+    loc = prefix + "tests.test_culprit.Inner_1/torch.nn.modules.conv.Conv2d_conv"
+    assert r.resolve(loc, 8 * 16 * 16) == "early.1.conv"
+    assert r.resolve(loc, 8 * 8 * 8) == "late.1.conv"
+    assert r.resolve(loc, 5) == ""  # fits neither: stop at the root rather than guess
+    assert r.resolve(loc) == ""  # no size: ambiguous
+
+
 def test_location_resolver_walks_the_module_tree() -> None:
     root = Root()
     r = C._LocationResolver(root)
@@ -71,6 +93,11 @@ def test_pick_culprit_wants_a_jump_against_the_inputs() -> None:
     result = C.summarize("m", e, 1e-2)
     assert result["layer"] == "d" and result["input_rel_error"] == 0.003
     assert [d["layer"] for d in result["details"]] == ["a", "b", "c", "d", "e"]
+    # A tensor compared with the wrong reference (its consumers are exact again) is not the culprit.
+    mismatched = [C.Compared("a", "a", "conv", 1e-7), C.Compared("dw", "dw", "dwconv", 1.3, [0]),
+                  C.Compared("bn", "bn", "dwconv", 2e-6, [1]), C.Compared("p", "p", "conv", 1.5, [2]),
+                  C.Compared("q", "q", "conv", 1.6, [3])]
+    assert C.pick_culprit(mismatched, 1e-4)[0] == 3
 
 
 def test_weight_alignment_is_blind_to_per_channel_scales() -> None:
