@@ -92,3 +92,32 @@ def test_pretrained_pascal_model_finds_the_people(weights_dir, images_dir, tmp_p
     [result] = predict.predict_files([images_dir / "sample1.jpg"], "espnetv2_s_2.0_pascal_256x256", tmp_path)
     assert result.shares.get("person", 0) > 0.15
     assert result.mask.shape == load_rgb(images_dir / "sample1.jpg").shape[:2]
+
+
+def test_cli_console_keeps_library_noise_out(monkeypatch) -> None:
+    """run_cli hides torch's per-node pytree FutureWarning and root-logger INFO records, not warnings."""
+    import logging
+    import warnings
+
+    from espnet_mobile import errors
+
+    monkeypatch.delenv(errors.VERBOSE_ENV, raising=False)
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    root.handlers.clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+
+            def body() -> int:
+                warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", FutureWarning, stacklevel=1)
+                warnings.warn("a real problem", UserWarning, stacklevel=1)
+                logging.basicConfig(level=logging.INFO)  # what some libraries do; must not take effect
+                return 0
+
+            assert errors.run_cli(body) == 0
+        assert [str(w.message) for w in caught] == ["a real problem"]
+        assert not root.isEnabledFor(logging.INFO) and root.isEnabledFor(logging.WARNING)
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
