@@ -108,8 +108,8 @@ def write_text_atomic(path: Path, text: str) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+def write_json_atomic(path: Path, data: Any, *, default: Any = None) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=default) + "\n")
 
 
 def write_manifest(bundle: Path, manifest: dict) -> None:

@@ -52,6 +52,7 @@ from espnet_mobile import qat_checkpoint as C
 from espnet_mobile import qat_data as D
 from espnet_mobile import qat_eval as E
 from espnet_mobile import qat_graph as G
+from espnet_mobile.bundle import write_json_atomic
 from espnet_mobile.errors import UserError, run_cli
 
 DEFAULT_STEPS = 100
@@ -533,6 +534,18 @@ class Run:
         loss, _ = label_loss(logits, y, self.dist)
         return loss
 
+    def _train_step(self, net: nn.Module, opt: torch.optim.Optimizer, teacher: nn.Module | None, phase: str,
+                    step: int, total: int, base_lr: float) -> float:
+        """One optimizer step of ``phase`` at the scheduled learning rate; the loss averaged over processes."""
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, total, base_lr)
+        x, y = self._batch(phase, step)
+        loss = self._loss(net(x), x, y, teacher)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return self.dist.sum(loss.item()) / self.dist.world
+
     def _heldout(self) -> tuple[np.ndarray, np.ndarray]:
         return self.data.heldout_inputs, self.data.heldout_labels
 
@@ -569,15 +582,8 @@ class Run:
         last = history[-1]["fp32_miou"] if history and history[-1].get("phase") == "fp32" else float("nan")
         window: list[float] = list(ckpt.get("loss_window", [])) if ckpt is not None else []
         for step in range(start, total):
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, total, cfg.fp32_lr)
-            x, y = self._batch("fp32", step)
-            loss = self._loss(net(x), x, y, teacher)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            window.append(self._train_step(net, opt, teacher, "fp32", step, total, cfg.fp32_lr))
             done = step + 1
-            window.append(dist.sum(loss.item()) / dist.world)
             bar.update(1)
             bar.set_postfix(loss=f"{window[-1]:.4f}", miou=f"{last:.2f}")
             if done % eval_every == 0 or done == total:
@@ -723,15 +729,8 @@ class Run:
             self.save(payload(start))  # baselines measured: never again, even after a crash
         for step in range(start, total):
             self._schedule(gm, step)
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, total, cfg.lr)
-            x, y = self._batch("qat", step)
-            loss = self._loss(net(x), x, y, teacher)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            window.append(self._train_step(net, opt, teacher, "qat", step, total, cfg.lr))
             done = step + 1
-            window.append(dist.sum(loss.item()) / dist.world)
             bar.update(1)
             bar.set_postfix(loss=f"{window[-1]:.4f}", miou=f"{last:.2f}")
             if (done % eval_every == 0 and done < total) and dist.main:
@@ -800,7 +799,7 @@ class Run:
             "batchnorm": report, "history": history,
         }
         if self.dist.main:
-            _write_json_atomic(self.out / METRICS_NAME, metrics)
+            write_json_atomic(self.out / METRICS_NAME, metrics, default=str)
         return metrics
 
 
@@ -831,20 +830,6 @@ def _format_record(r: dict[str, Any]) -> str:
     if "artifact" in r and r.get("int8_miou") is not None:
         text += f", int8 artifact {r['int8_miou']:.2f}"
     return text
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def default_out(cfg: RunConfig) -> Path:

@@ -64,17 +64,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically; the previous file survives any failure."""
-    path = Path(path)
+    _torch_save_atomic(Path(path), {"format": FORMAT, "version": VERSION, **payload}, verify=_read)
+
+
+def _torch_save_atomic(path: Path, obj: Any, verify: Any = None) -> None:
+    """``torch.save`` to a temporary file, flushed to disk, (read back by ``verify``,) then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": VERSION, **payload}
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
+            torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        _read(tmp)  # never rename a file we cannot read back
+        if verify is not None:
+            verify(tmp)  # never rename a file we cannot read back
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
@@ -124,15 +128,4 @@ def load(path: Path) -> dict[str, Any]:
 
 def save_plain(path: Path, state: dict[str, torch.Tensor]) -> None:
     """Write a bare state dict (e.g. fp32 reference weights for ``convert --weights``) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _torch_save_atomic(Path(path), state)

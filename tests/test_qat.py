@@ -24,6 +24,7 @@ import espnet_mobile as em
 from espnet_mobile import qat, qat_checkpoint, qat_data, qat_eval
 from espnet_mobile import qat_graph as G
 from espnet_mobile.errors import UserError
+from espnet_mobile.metrics import sqnr_db
 
 TINY = "espnetv2_s_0.5_pascal_256x256"
 ESPNET = "espnet_p_2_q_3"
@@ -385,9 +386,6 @@ def test_checkpoint_converts_without_calibration(finished_run, tmp_path, target)
                          .heldout_inputs[:3])
     from espnet_mobile.runtimes import run_artifact
 
-    def sqnr(a: np.ndarray, ref: np.ndarray) -> float:
-        return float(10 * np.log10((ref ** 2).sum() / max(((a - ref) ** 2).sum(), 1e-30)))
-
     for i in range(len(x)):
         out = run_artifact("executorch", "xnnpack", bundle_root / TINY / art["file"], x[i:i + 1].numpy())
         with torch.no_grad():
@@ -395,7 +393,7 @@ def test_checkpoint_converts_without_calibration(finished_run, tmp_path, target)
             G.set_fake_quant(loaded.module, False)
             float_graph = loaded.module(x[i:i + 1]).numpy()
             G.set_fake_quant(loaded.module, True)
-        assert sqnr(out, fake_quant) >= sqnr(out, float_graph) + 3.0
+        assert sqnr_db(out, fake_quant) >= sqnr_db(out, float_graph) + 3.0
         agree_fq = np.mean(out.argmax(1) == fake_quant.argmax(1))
         assert agree_fq >= np.mean(out.argmax(1) == float_graph.argmax(1)) + 0.2, agree_fq
 
