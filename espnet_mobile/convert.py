@@ -14,6 +14,7 @@ unchanged are skipped unless ``--force``.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import hashlib
 import importlib
@@ -30,6 +31,7 @@ import torch
 
 from espnet_mobile import __version__
 from espnet_mobile import bundle as B
+from espnet_mobile import equalize as EQ
 from espnet_mobile.errors import UserError, run_cli
 
 TARGETS = ("executorch", "coreml", "tflite")
@@ -245,6 +247,8 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
 
     calibration: list[torch.Tensor] | None = None
     calibration_digest = None
+    equalized: torch.nn.Module | None = None  # the deployable graph rescaled for post-training int8
+    equalization: dict | None = None
     records: list[dict] = []
     problems: list[str] = []
     disabled: dict[str, str] = {}
@@ -257,8 +261,11 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
             calibration, calibration_digest = calibration_inputs(calibration_dir, height, width)
             log(f"calibration: {len(calibration)} inputs from {calibration_dir}")
         versions = _tool_versions(job.target, job)
+        ptq = job.precision == "int8" and qat is None
         extra = {"nhwc": opts.nhwc and job.target == "tflite", "options": opts.options,
                  "calibration": calibration_digest if job.precision == "int8" else None}
+        if ptq:
+            extra["equalization"] = EQ.VERSION
         key = cache_key(job, manifest, versions, extra)
         if not opts.force and _up_to_date(bundle, manifest, name, key):
             log(f"{prefix}: up to date ({name})")
@@ -274,6 +281,16 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
             options["bundle_inputs"] = [torch.from_numpy(g.input) for g in golden]
             options["bundle_expected"] = [torch.from_numpy(g.logits) for g in golden]
         module = deployable
+        if ptq:
+            if equalized is None:
+                t_eq = time.perf_counter()
+                equalized = copy.deepcopy(deployable)
+                equalization = EQ.equalize_for_int8(
+                    equalized, torch.cat([c.reshape(1, *c.shape[-3:]) for c in calibration]))
+                log(f"int8 equalization: {equalization['tensors']} tensors rescaled per channel "
+                    f"(largest factor {equalization.get('largest_factor', 1.0)}, "
+                    f"{time.perf_counter() - t_eq:.1f} s)")
+            module = equalized
         if job.delegate == "gpu":
             from espnet_mobile.runtimes.litert_gpu import gpu_friendly
 
@@ -314,7 +331,8 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
                               "qat_steps": qat.step, "qat_data": qat.config.data}
                              if qat is not None else
                              {"scheme": "pt2e", "calibration_images": len(calibration or []) // 2,
-                              "source": "calibration"}) if job.precision == "int8" else None,
+                              "source": "calibration", "equalization": equalization})
+            if job.precision == "int8" else None,
             "report": _jsonable(result.report),
         }
         bpte = path.with_suffix(".bpte")

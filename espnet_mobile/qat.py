@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from espnet_mobile import equalize as EQ
 from espnet_mobile import qat_checkpoint as C
 from espnet_mobile import qat_data as D
 from espnet_mobile import qat_eval as E
@@ -631,14 +632,16 @@ class Run:
                                            height=self.h, width=self.w)
         x, y = self._heldout()
         start = time.perf_counter()
+        # Post-training int8 exactly as `convert` makes it: equalized on the calibration inputs.
+        ptq_module = _export_deployable(fp32_state, self.entry, self.h, self.w)
+        EQ.equalize_for_int8(ptq_module, torch.cat([torch.as_tensor(np.asarray(c)).reshape(1, 3, self.h, self.w)
+                                                    for c in calibration]))
         if G.RUNTIME[cfg.backend] is None or self.artifact_eval == "none":
-            ptq = E.ptq_simulated_miou(cfg.backend, _export_deployable(fp32_state, self.entry, self.h, self.w),
-                                       calibration, x, y, self.entry.num_classes)
+            ptq = E.ptq_simulated_miou(cfg.backend, ptq_module, calibration, x, y, self.entry.num_classes)
             artifact = None
         else:
             path = self.out / f"ptq_int8{G.ARTIFACT_SUFFIX[cfg.backend]}"
-            artifact = E.convert_int8(cfg.backend, _export_deployable(fp32_state, self.entry, self.h, self.w),
-                                      path, calibration=calibration)
+            artifact = E.convert_int8(cfg.backend, ptq_module, path, calibration=calibration)
             ptq = E.artifact_miou(cfg.backend, path, x, y, self.entry.num_classes)
         self.log(f"baselines: fp32 mIoU {fp32:.2f}, PTQ int8 mIoU {ptq:.2f} "
                  f"({len(calibration)} calibration inputs, {time.perf_counter() - start:.0f} s)")

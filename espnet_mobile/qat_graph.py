@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from espnet_mobile import equalize as EQ
 from espnet_mobile.errors import UserError
 
 BACKENDS = ("xnnpack", "coreml", "tflite")
@@ -91,66 +92,6 @@ def trainable_deployable(model: nn.Module, entry: Any, height: int, width: int) 
     for p in deployable.normalize.parameters():
         p.requires_grad_(False)
     return deployable
-
-
-EQUALIZE_MAX_SCALE = 16.0
-
-
-def equalize_pyramid_concats(deployable: nn.Module, inputs: torch.Tensor, batch: int = 1,
-                             max_scale: float = EQUALIZE_MAX_SCALE) -> dict[str, Any]:
-    """Give every channel entering an ESPNetv2 pyramid-pool concatenation the same range (exact rewrite).
-
-    The pyramid levels of an EfficientPyramidPool are concatenated and then
-    pass a per-channel affine (its BatchNorm, a depthwise 1x1 conv in the
-    deployable graph). Quantizers that give a concatenation one scale for all
-    inputs (XNNPACK's does) leave the small levels a few integer steps:
-    measured on ESPNetv2 s=2.0 at 128x128, the last pool's levels got 1.5 dB
-    SQNR. Each level is linear in its depth-wise filter (no bias; resizing and
-    pooling are linear), so scaling filter channel ``c`` of level ``i`` by ``a``
-    and the affine's weight for that channel by ``1/a`` computes the same
-    function while every channel reaches the largest range. Ranges are
-    measured on ``inputs``; returns per-pool scale statistics.
-    """
-    from espnet_mobile.deploy import DeployPyramidPool
-
-    pools = [(name, m) for name, m in deployable.named_modules() if isinstance(m, DeployPyramidPool)]
-    if not pools:
-        return {}
-    peaks: dict[tuple[str, int], torch.Tensor] = {}
-    hooks = []
-    for name, pool in pools:
-        for i, after in enumerate(pool.after):
-            def hook(_m, _inp, out, key=(name, i)):
-                peak = out.detach().abs().amax(dim=(0, 2, 3))
-                peaks[key] = peak if key not in peaks else torch.maximum(peaks[key], peak)
-            hooks.append(after.register_forward_hook(hook))
-    was_training = deployable.training
-    deployable.eval()
-    try:
-        with torch.no_grad():
-            for i in range(0, len(inputs), batch):
-                deployable(inputs[i:i + batch])
-    finally:
-        for h in hooks:
-            h.remove()
-        deployable.train(was_training)
-    report = {}
-    for name, pool in pools:
-        affine = pool.merge_layer[0].br[0] if hasattr(pool.merge_layer[0], "br") else None
-        if not isinstance(affine, nn.Conv2d) or affine.groups != affine.in_channels:
-            continue
-        c = pool.stages[0].out_channels
-        level_peaks = torch.stack([peaks[(name, i)] for i in range(len(pool.stages))])
-        target = level_peaks.max()
-        # Scales are capped: a huge factor leaves a tiny affine weight fed by a huge activation, which
-        # gradient descent cannot train (SGD diverges, Adam's fixed-size steps swamp the weight).
-        scales = (target / level_peaks.clamp_min(1e-30)).clamp(1.0, max_scale)
-        with torch.no_grad():
-            for i, stage in enumerate(pool.stages):
-                stage.weight.mul_(scales[i].view(c, 1, 1, 1))
-                affine.weight[i * c:(i + 1) * c].div_(scales[i].view(c, 1, 1, 1))
-        report[name] = {"max_scale": round(float(scales.max()), 2), "median_scale": round(float(scales.median()), 2)}
-    return report
 
 
 def export_for_training(deployable: nn.Module, height: int, width: int) -> torch.fx.GraphModule:
@@ -405,11 +346,11 @@ def prepare_qat(model: nn.Module, entry: Any, backend: str, height: int, width: 
                 equalize_on: torch.Tensor | None = None, keep_fp32: list[str] | None = None) -> PreparedQAT:
     """Reference model -> PT2E QAT graph for ``backend`` at ``height`` x ``width`` (BatchNorm training).
 
-    ``equalize_on``: inputs to measure ranges on for :func:`equalize_pyramid_concats` (a new run
-    passes its calibration images; rebuilding a checkpoint's graph does not need them, as its
-    state dict holds the equalized values). ``keep_fp32``: node names left unquantized; None
-    chooses them as the converter would (:func:`fp32_nodes`); a checkpoint passes its own list so
-    the rebuilt graph is the trained one.
+    ``equalize_on``: inputs to measure ranges on for :func:`espnet_mobile.equalize.equalize_for_int8`,
+    capped at its ``QAT_MAX_SCALE`` (a new run passes its calibration images; rebuilding a
+    checkpoint's graph does not need them, as its state dict holds the equalized values).
+    ``keep_fp32``: node names left unquantized; None chooses them as the converter would
+    (:func:`fp32_nodes`); a checkpoint passes its own list so the rebuilt graph is the trained one.
     """
     import logging
     import warnings
@@ -418,7 +359,8 @@ def prepare_qat(model: nn.Module, entry: Any, backend: str, height: int, width: 
 
     quantizer = backend_quantizer(backend, qat=True)
     deployable = trainable_deployable(model, entry, height, width)
-    equalized = {} if equalize_on is None else equalize_pyramid_concats(deployable, equalize_on)
+    equalized = {} if equalize_on is None else EQ.equalize_for_int8(deployable, equalize_on,
+                                                                  max_scale=EQ.QAT_MAX_SCALE)
     captured = export_for_training(deployable, height, width)
     eps = batchnorm_eps(captured)
     kept = fp32_nodes(captured, backend) if keep_fp32 is None else list(keep_fp32)
@@ -437,7 +379,7 @@ def prepare_qat(model: nn.Module, entry: Any, backend: str, height: int, width: 
     values = sorted(set(eps.values()))
     report = {"batchnorms": len(eps), "eps": values, "eps_restored": reset,
               "fake_quantizers": sum(1 for _ in fake_quant_modules(prepared)), "unfused_fake_quantizers": unfused,
-              "equalized_pyramid_pools": equalized, "fp32_nodes": kept}
+              "equalization": equalized, "fp32_nodes": kept}
     return PreparedQAT(prepared, backend, report)
 
 

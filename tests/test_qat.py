@@ -458,3 +458,4 @@ def test_held_out_views_fit_any_photo_and_model_aspect(photo_hw, model_hw):
     for side, cy, cx in [(1.0, 0.5, 0.5), (0.6, 0.0, 1.0), (0.6, 1.0, 0.0), (0.8, 0.3, 0.7)]:
         view = qat_data._view(rgb, side, cy, cx, *model_hw)
         assert view.shape == (*model_hw, 3)
+

