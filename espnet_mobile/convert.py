@@ -247,8 +247,7 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
 
     calibration: list[torch.Tensor] | None = None
     calibration_digest = None
-    equalized: torch.nn.Module | None = None  # the deployable graph rescaled for post-training int8
-    equalization: dict | None = None
+    equalized: tuple[torch.nn.Module, dict] | None = None  # the graph rescaled for post-training int8
     records: list[dict] = []
     problems: list[str] = []
     disabled: dict[str, str] = {}
@@ -281,16 +280,17 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
             options["bundle_inputs"] = [torch.from_numpy(g.input) for g in golden]
             options["bundle_expected"] = [torch.from_numpy(g.logits) for g in golden]
         module = deployable
+        equalization = None
         if ptq:
             if equalized is None:
                 t_eq = time.perf_counter()
-                equalized = copy.deepcopy(deployable)
-                equalization = EQ.equalize_for_int8(
-                    equalized, torch.cat([c.reshape(1, *c.shape[-3:]) for c in calibration]))
-                log(f"int8 equalization: {equalization['tensors']} tensors rescaled per channel "
-                    f"(largest factor {equalization.get('largest_factor', 1.0)}, "
-                    f"{time.perf_counter() - t_eq:.1f} s)")
-            module = equalized
+                rescaled = copy.deepcopy(deployable)
+                report = EQ.equalize_for_int8(
+                    rescaled, torch.cat([c.reshape(1, *c.shape[-3:]) for c in calibration]))
+                equalized = (rescaled, report)
+                log(f"int8 equalization: {report['tensors']} tensors rescaled per channel "
+                    f"(largest factor {report.get('largest_factor', 1.0)}, {time.perf_counter() - t_eq:.1f} s)")
+            module, equalization = equalized
         if job.delegate == "gpu":
             from espnet_mobile.runtimes.litert_gpu import gpu_friendly
 

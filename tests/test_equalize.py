@@ -78,10 +78,21 @@ def test_the_cap_limits_every_factor() -> None:
     assert report["largest_factor"] <= 4.0 and report["max_scale"] == 4.0
 
 
+def test_kinds_select_what_is_rescaled() -> None:
+    model = _random_deployable("espnetv2_s_0.5_pascal_256x256")
+    pools = [m.stages[0].weight.detach().clone() for m in model.modules() if hasattr(m, "stages")]
+    report = EQ.equalize_for_int8(model, _inputs(2), kinds=("eesp",))
+    assert report["by_kind"] == {"eesp": 13}
+    assert all(torch.equal(p, m.stages[0].weight) for p, m in
+               zip(pools, [m for m in model.modules() if hasattr(m, "stages")], strict=True))
+    with pytest.raises(ValueError, match="unknown equalization kinds"):
+        EQ.equalize_for_int8(model, _inputs(2), kinds=("eesp", "everything"))
+
+
 def test_espnet_v1_has_nothing_to_rescale() -> None:
     model = _random_deployable("espnet_p_2_q_3")
     state = copy.deepcopy(model.state_dict())
-    assert EQ.equalize_for_int8(model, _inputs(2)) == {"version": EQ.VERSION, "tensors": 0}
+    assert EQ.equalize_for_int8(model, _inputs(2))["tensors"] == 0
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
 
