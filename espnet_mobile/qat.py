@@ -63,9 +63,9 @@ TEMPERATURE = 2.0
 KD_WEIGHT = 1.0
 MAX_EVALS_PER_PHASE = 10
 #: |mIoU(torchrun, 2 processes) - mIoU(1 process)| allowed by tests/test_qat.py, in points. Both see the
-#: same samples and average the same gradient; they differ only where training-mode BatchNorm
-#: normalizes with per-process batch statistics (and keeps process 0's running statistics) and where
-#: observers see half a batch, which moves a few pixels of a small model.
+#: same samples, average the same gradient and synchronize observer ranges after every forward
+#: (qat_graph.sync_observers); they differ only where training-mode BatchNorm normalizes with
+#: per-process batch statistics (and keeps process 0's running statistics).
 DDP_MIOU_TOLERANCE = 2.0
 CALIBRATION_IMAGES = 32
 METRICS_NAME = "metrics.json"
@@ -542,6 +542,8 @@ class Run:
             group["lr"] = _lr_at(step, total, base_lr)
         x, y = self._batch(phase, step)
         loss = self._loss(net(x), x, y, teacher)
+        if phase == "qat" and self.dist.enabled:
+            G.sync_observers(getattr(net, "module", net))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

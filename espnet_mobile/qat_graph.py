@@ -245,6 +245,48 @@ def unfuse_fake_quant(gm: nn.Module) -> int:
     return swapped
 
 
+def sync_observers(gm: nn.Module) -> int:
+    """Make every process's activation ranges those of the global batch (torchrun; call after a forward).
+
+    Under DDP each process's observers see only its share of the batch, and the
+    next forward broadcasts process 0's buffers, so the ranges would come from
+    half the data. A moving-average min/max is ``old + c * (batch_min - old)``
+    with ``old`` equal everywhere, so the minimum over processes of the updated
+    ``min_val`` (the maximum of ``max_val``) is exactly what one process seeing
+    the whole batch computes. Scale and zero point are recomputed to match.
+    Returns how many observers were synchronized (0 when not distributed).
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 0
+    modules, seen = [], set()
+    for fq in fake_quant_modules(gm):
+        obs = getattr(fq, "activation_post_process", None)
+        if obs is None or id(obs) in seen or not int(fq.observer_enabled[0]):
+            continue
+        if not (hasattr(obs, "min_val") and hasattr(obs, "max_val")) or obs.min_val.numel() == 0:
+            continue
+        seen.add(id(obs))
+        modules.append(fq)
+    if not modules:
+        return 0
+    mins = torch.cat([fq.activation_post_process.min_val.detach().flatten() for fq in modules])
+    maxs = torch.cat([fq.activation_post_process.max_val.detach().flatten() for fq in modules])
+    torch.distributed.all_reduce(mins, op=torch.distributed.ReduceOp.MIN)
+    torch.distributed.all_reduce(maxs, op=torch.distributed.ReduceOp.MAX)
+    at = 0
+    with torch.no_grad():
+        for fq in modules:
+            obs = fq.activation_post_process
+            n = obs.min_val.numel()
+            obs.min_val.copy_(mins[at:at + n].view_as(obs.min_val))
+            obs.max_val.copy_(maxs[at:at + n].view_as(obs.max_val))
+            at += n
+            scale, zero_point = fq.calculate_qparams()
+            fq.scale.resize_(scale.shape).copy_(scale)
+            fq.zero_point.resize_(zero_point.shape).copy_(zero_point.to(fq.zero_point.dtype))
+    return len(modules)
+
+
 def quant_state(gm: nn.Module) -> dict[str, bool]:
     """Whether observers / fake quantization are on (all modules agree after the helpers above)."""
     mods = list(fake_quant_modules(gm))

@@ -459,3 +459,45 @@ def test_held_out_views_fit_any_photo_and_model_aspect(photo_hw, model_hw):
         view = qat_data._view(rgb, side, cy, cx, *model_hw)
         assert view.shape == (*model_hw, 3)
 
+
+def _observer_sync_worker(rank: int, world: int, init_file: str, batches: list, out_dir: str) -> None:
+    """One process of test_sync_observers_gives_the_global_batch_range: observe its half, then sync."""
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantize
+    from torchao.quantization.pt2e.observer import MovingAverageMinMaxObserver
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        fq = FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8)
+        synced = 0
+        for batch in batches:
+            fq(batch.chunk(world)[rank])
+            synced = G.sync_observers(fq)
+        obs = fq.activation_post_process
+        torch.save({"synced": synced, "min": obs.min_val.clone(), "max": obs.max_val.clone(),
+                    "scale": fq.scale.clone()}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_sync_observers_gives_the_global_batch_range(tmp_path):
+    """Two processes each observing half of every batch end with the range one process gets from
+    whole batches (moving average included), on both ranks."""
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantize
+    from torchao.quantization.pt2e.observer import MovingAverageMinMaxObserver
+
+    gen = torch.Generator().manual_seed(0)
+    # The halves differ on purpose: rank 0 sees the large negatives, rank 1 the large positives.
+    batches = [torch.cat([torch.randn(2, 8, generator=gen) - 3 * k, torch.randn(2, 8, generator=gen) + 5 * k])
+               for k in range(1, 4)]
+    single = FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8)
+    for batch in batches:
+        single(batch)
+    assert G.sync_observers(single) == 0  # not distributed: a no-op
+    torch.multiprocessing.spawn(_observer_sync_worker, args=(2, str(tmp_path / "init"), batches, str(tmp_path)),
+                                nprocs=2, join=True)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert got["synced"] == 1
+        torch.testing.assert_close(got["min"], single.activation_post_process.min_val)
+        torch.testing.assert_close(got["max"], single.activation_post_process.max_val)
+        torch.testing.assert_close(got["scale"], single.scale)
