@@ -245,6 +245,60 @@ def unfuse_fake_quant(gm: nn.Module) -> int:
     return swapped
 
 
+def calibrate_activation_ranges(gm: torch.fx.GraphModule, inputs: torch.Tensor) -> int:
+    """Start QAT from the activation ranges post-training quantization would choose.
+
+    QAT's activation observers keep a moving average of each batch's min and
+    max, which a few outliers stretch: measured on ESPNetv2 s=0.5, the
+    fake-quant model scored 61 mIoU against the teacher after 5 steps with no
+    weight change, where the PTQ artifact scored 78. Here each per-tensor
+    activation observer is replaced for one pass over ``inputs`` (BatchNorm on
+    running statistics, fake quantization off) by a histogram observer, whose
+    range minimizes the int8 rounding error (what the PTQ quantizers use); the
+    moving-average observer then starts from that range. Weight observers are
+    left alone. Returns how many activation ranges were set.
+    """
+    from torchao.quantization.pt2e.observer import HistogramObserver, MovingAverageMinMaxObserver
+
+    targets, seen = [], set()
+    for fq in fake_quant_modules(gm):
+        obs = fq.activation_post_process
+        if id(obs) in seen or type(obs) is not MovingAverageMinMaxObserver:
+            continue
+        seen.add(id(obs))
+        hist = HistogramObserver(dtype=obs.dtype, qscheme=obs.qscheme, quant_min=obs.quant_min,
+                                 quant_max=obs.quant_max, eps=float(obs.eps))
+        targets.append((fq, obs, hist))
+    state = quant_state(gm)
+    bn_training = batchnorm_training(gm)
+    try:
+        for fq, _obs, hist in targets:
+            fq.activation_post_process = hist
+        set_fake_quant(gm, False)
+        set_observers(gm, True)
+        set_batchnorm_training(gm, False)
+        with torch.no_grad():
+            for x in inputs:
+                gm(x.unsqueeze(0))
+        with torch.no_grad():
+            for _fq, obs, hist in targets:
+                low, high = hist._non_linear_param_search()
+                obs.min_val.resize_(low.shape).copy_(low)
+                obs.max_val.resize_(high.shape).copy_(high)
+    finally:
+        for fq, obs, _hist in targets:
+            fq.activation_post_process = obs
+        set_fake_quant(gm, state["fake_quant"])
+        set_observers(gm, state["observers"])
+        set_batchnorm_training(gm, bn_training)
+    with torch.no_grad():
+        for fq, _obs, _hist in targets:
+            scale, zero_point = fq.calculate_qparams()
+            fq.scale.resize_(scale.shape).copy_(scale)
+            fq.zero_point.resize_(zero_point.shape).copy_(zero_point.to(fq.zero_point.dtype))
+    return len(targets)
+
+
 def sync_observers(gm: nn.Module) -> int:
     """Make every process's activation ranges those of the global batch (torchrun; call after a forward).
 

@@ -134,6 +134,50 @@ def test_fake_quantizers_use_the_observers_qparams(espnet_prepared):
         assert torch.equal(fq.zero_point.reshape(-1), zero_point.reshape(-1).to(fq.zero_point.dtype))
 
 
+def test_qat_starts_from_histogram_ranges():
+    """Activation ranges come from histogram search on the calibration inputs: narrower than the
+    plain min/max for some tensors, with fake-quant output closer to fp32; state is restored."""
+    from torchao.quantization.pt2e.observer import MovingAverageMinMaxObserver
+
+    torch.manual_seed(0)
+    model = em.build_model(em.get_entry(TINY)).eval()
+    with torch.no_grad():  # activations of a sane size (the eps fixtures' statistics make them explode)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+    prepared = G.prepare_qat(model, em.get_entry(TINY), "xnnpack", SIZE, SIZE)
+    x = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    x[0, :, :2, :2] = 30.0  # a few outlier pixels: they stretch min/max, histogram search clips them
+    minmax = copy.deepcopy(prepared.module)
+    G.set_fake_quant(minmax, False)  # observe float activations, as the histogram pass does
+    _observe(minmax, x)  # a first observation sets the plain observers to the min/max of the whole batch
+    G.set_fake_quant(minmax, True)
+    hist = copy.deepcopy(prepared.module)
+    G.set_observers(hist, False)
+    assert G.calibrate_activation_ranges(hist, x) > 0
+    assert G.batchnorm_training(hist) and G.quant_state(hist) == {"observers": False, "fake_quant": True}
+    narrower = 0
+    pairs = zip(G.fake_quant_modules(minmax), G.fake_quant_modules(hist), strict=True)
+    for fq_plain, fq_hist in pairs:
+        plain, obs = fq_plain.activation_post_process, fq_hist.activation_post_process
+        if type(obs) is not MovingAverageMinMaxObserver:
+            continue
+        lo, hi = float(plain.min_val), float(plain.max_val)
+        narrower += float(obs.max_val - obs.min_val) < 0.9 * (hi - lo)
+        scale, _ = obs.calculate_qparams()
+        assert torch.allclose(fq_hist.scale.reshape(-1), scale.reshape(-1))
+    assert narrower > 0
+
+    def sqnr(gm: torch.fx.GraphModule) -> float:
+        with G.inference_mode(gm) as q, torch.no_grad():
+            out = torch.cat([q(s[None]) for s in x])
+        with G.inference_mode(gm, fake_quant=False) as f, torch.no_grad():
+            ref = torch.cat([f(s[None]) for s in x])
+        return sqnr_db(out.numpy(), ref.numpy())
+
+    assert sqnr(hist) > sqnr(minmax)
+
+
 def test_schedule_switches_observers_and_batchnorm(espnet_prepared):
     _, prepared = espnet_prepared
     gm = copy.deepcopy(prepared.module)
