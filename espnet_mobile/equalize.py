@@ -39,11 +39,11 @@ QAT_MAX_SCALE = 16.0
 #: Bumped whenever the rewrite changes, so cached int8 artifacts are rebuilt.
 VERSION = 1
 #: The rescalable tensors, by kind (all are rescaled unless asked otherwise).
-KINDS = ("pyramid_pool", "eesp", "decoder_sum")
 #: Measured on espnetv2_s_2.0_pascal_256x256, PTQ int8 artifacts vs fp32, argmax agreement on the 16
 #: sample photos (without -> with): ExecuTorch XNNPACK 94.82% -> 98.72%, Core ML (MIL interpreter)
 #: 93.31% -> 97.47%, LiteRT 95.64% -> 95.77% (LiteRT's quantizer already splits each affine after a
 #: concat into one per input; rescaling only the EESP sums gave it 95.60%).
+KINDS = ("pyramid_pool", "eesp", "decoder_sum")
 #: Largest |change| of the output allowed, relative to max |output|, before the rewrite is refused.
 EXACTNESS = 1e-4
 
