@@ -437,8 +437,7 @@ def test_checkpoint_converts_without_calibration(finished_run, tmp_path, target)
     assert manifest["model"]["qat_checkpoint_sha256"]
     # The artifact computes what QAT trained: the int8 .pte is far closer to the fake-quantized graph
     # than to the same graph without fake quantization. (Not equal: XNNPACK's fixed-point
-    # requantization rounds differently by up to one step per layer, and this random-weight
-    # network amplifies that; the first conv already differs by one step.)
+    # requantization rounds differently by up to one step per layer.)
     loaded = qat.load_qat_module(finished_run / "checkpoint.pt")
     x = torch.from_numpy(qat_data.load_data("synthetic:3", height=SIZE, width=SIZE, num_classes=21)
                          .heldout_inputs[:3])
@@ -451,9 +450,9 @@ def test_checkpoint_converts_without_calibration(finished_run, tmp_path, target)
             G.set_fake_quant(loaded.module, False)
             float_graph = loaded.module(x[i:i + 1]).numpy()
             G.set_fake_quant(loaded.module, True)
+        # Measured: 54 dB to the fake-quantized graph, 38 dB to the float one.
         assert sqnr_db(out, fake_quant) >= sqnr_db(out, float_graph) + 3.0
-        agree_fq = np.mean(out.argmax(1) == fake_quant.argmax(1))
-        assert agree_fq >= np.mean(out.argmax(1) == float_graph.argmax(1)) + 0.2, agree_fq
+        assert np.mean(out.argmax(1) == fake_quant.argmax(1)) >= 0.99
 
 
 @pytest.mark.slow
