@@ -419,7 +419,7 @@ def test_run_writes_metrics_and_fp32_weights(finished_run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["executorch", "tflite"])
-def test_checkpoint_converts_without_calibration(finished_run, tmp_path, target):
+def test_checkpoint_converts_without_calibration(finished_run, tmp_path, target, monkeypatch):
     from espnet_mobile import convert
 
     bundle_root = tmp_path / "bundle"
@@ -429,7 +429,7 @@ def test_checkpoint_converts_without_calibration(finished_run, tmp_path, target)
         # The run was for XNNPACK: converting it for another backend is refused.
         assert convert.main(argv) == 2
         return
-    os.environ.pop("ESPNET_MOBILE_IMAGES", None)
+    monkeypatch.delenv("ESPNET_MOBILE_IMAGES", raising=False)  # no calibration photos anywhere
     assert convert.main(argv) == 0
     manifest = json.loads((bundle_root / TINY / "manifest.json").read_text())
     (art,) = [a for a in manifest["artifacts"] if a["precision"] == "int8"]
