@@ -640,8 +640,7 @@ class Run:
         start = time.perf_counter()
         # Post-training int8 exactly as `convert` makes it: equalized on the calibration inputs.
         ptq_module = _export_deployable(fp32_state, self.entry, self.h, self.w)
-        EQ.equalize_for_int8(ptq_module, torch.cat([torch.as_tensor(np.asarray(c)).reshape(1, 3, self.h, self.w)
-                                                    for c in calibration]))
+        EQ.equalize_for_int8(ptq_module, torch.from_numpy(np.concatenate(calibration)))
         if G.RUNTIME[cfg.backend] is None or self.artifact_eval == "none":
             ptq = E.ptq_simulated_miou(cfg.backend, ptq_module, calibration, x, y, self.entry.num_classes)
             artifact = None
@@ -710,14 +709,14 @@ class Run:
             self.log(f"BatchNorm eps: {prepared.report['eps_restored']} of {prepared.report['batchnorms']} reset to "
                      f"1e-5 by the PT2E QAT conv-BN rewrite; restored to {prepared.report['eps']}")
         start = 0
-        if not resuming:
+        if resuming:
+            _load_state(gm, ckpt["qat_state"], str(self.ckpt_path))
+            start = int(ckpt["step"])
+        else:
             t_cal = time.perf_counter()
             ranges = G.calibrate_activation_ranges(gm, calibration)
             self.log(f"activation ranges: {ranges} set from {len(calibration)} calibration inputs by histogram "
                      f"search, as post-training quantization does ({time.perf_counter() - t_cal:.0f} s)")
-        if resuming:
-            _load_state(gm, ckpt["qat_state"], str(self.ckpt_path))
-            start = int(ckpt["step"])
         gm.to(dist.device)
         self._schedule(gm, start)
         params = [p for _, p in G.trainable_parameters(gm)]

@@ -245,6 +245,32 @@ def unfuse_fake_quant(gm: nn.Module) -> int:
     return swapped
 
 
+def _set_range(fq: nn.Module, low: torch.Tensor, high: torch.Tensor) -> None:
+    """Give a fake-quantizer's observer the range [low, high] and the scale and zero point that follow."""
+    obs = fq.activation_post_process
+    with torch.no_grad():
+        obs.min_val.resize_(low.shape).copy_(low)
+        obs.max_val.resize_(high.shape).copy_(high)
+        scale, zero_point = fq.calculate_qparams()
+        fq.scale.resize_(scale.shape).copy_(scale)
+        fq.zero_point.resize_(zero_point.shape).copy_(zero_point.to(fq.zero_point.dtype))
+
+
+def _observe_with(gm: torch.fx.GraphModule, fakes: list[nn.Module], observers: list[nn.Module],
+                  inputs: torch.Tensor) -> None:
+    """Run ``inputs`` one by one with ``observers`` standing in for the fake-quantizers' own."""
+    own = [fq.activation_post_process for fq in fakes]
+    try:
+        for fq, obs in zip(fakes, observers, strict=True):
+            fq.activation_post_process = obs
+        with torch.no_grad():
+            for x in inputs:
+                gm(x.unsqueeze(0))
+    finally:
+        for fq, obs in zip(fakes, own, strict=True):
+            fq.activation_post_process = obs
+
+
 def calibrate_activation_ranges(gm: torch.fx.GraphModule, inputs: torch.Tensor) -> int:
     """Start QAT from the activation ranges post-training quantization would choose.
 
@@ -263,44 +289,18 @@ def calibrate_activation_ranges(gm: torch.fx.GraphModule, inputs: torch.Tensor) 
     """
     from torchao.quantization.pt2e.observer import HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver
 
-    targets, seen = [], set()
+    fakes, seen = [], set()
     for fq in fake_quant_modules(gm):
         obs = fq.activation_post_process
-        if id(obs) in seen or type(obs) is not MovingAverageMinMaxObserver:
-            continue
-        seen.add(id(obs))
-        targets.append((fq, obs))
-    if not targets:
+        if id(obs) not in seen and type(obs) is MovingAverageMinMaxObserver:
+            seen.add(id(obs))
+            fakes.append(fq)
+    if not fakes:
         return 0
 
-    def observe_with(make: Any) -> list[Any]:
-        temporary = [make(obs) for _fq, obs in targets]
-        try:
-            for (fq, _obs), t in zip(targets, temporary, strict=True):
-                fq.activation_post_process = t
-            with torch.no_grad():
-                for x in inputs:
-                    gm(x.unsqueeze(0))
-        finally:
-            for fq, obs in targets:
-                fq.activation_post_process = obs
-        return temporary
-
-    def plain(obs: Any) -> Any:
-        return MinMaxObserver(dtype=obs.dtype, qscheme=obs.qscheme, quant_min=obs.quant_min,
-                              quant_max=obs.quant_max, eps=float(obs.eps))
-
-    def histogram_over(ranges: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> Any:
-        def make(obs: Any) -> Any:
-            hist = HistogramObserver(dtype=obs.dtype, qscheme=obs.qscheme, quant_min=obs.quant_min,
-                                     quant_max=obs.quant_max, eps=float(obs.eps))
-            low, high = ranges[id(obs)]
-            if torch.isfinite(low) and torch.isfinite(high) and high > low:
-                hist.min_val.resize_(low.shape).copy_(low)
-                hist.max_val.resize_(high.shape).copy_(high)
-                hist.histogram.resize_(hist.bins).zero_()
-            return hist
-        return make
+    def like(cls: Any, obs: nn.Module) -> nn.Module:
+        return cls(dtype=obs.dtype, qscheme=obs.qscheme, quant_min=obs.quant_min, quant_max=obs.quant_max,
+                   eps=float(obs.eps))
 
     state = quant_state(gm)
     bn_training = batchnorm_training(gm)
@@ -308,24 +308,24 @@ def calibrate_activation_ranges(gm: torch.fx.GraphModule, inputs: torch.Tensor) 
     set_observers(gm, True)
     set_batchnorm_training(gm, False)
     try:
-        first = observe_with(plain)
-        ranges = {id(obs): (m.min_val.clone(), m.max_val.clone()) for (_fq, obs), m in zip(targets, first, strict=True)}
-        second = observe_with(histogram_over(ranges))
-        with torch.no_grad():
-            for (fq, obs), hist in zip(targets, second, strict=True):
-                low, high = ranges[id(obs)]
-                if torch.isfinite(low) and torch.isfinite(high) and high > low:
-                    low, high = hist._non_linear_param_search()
-                obs.min_val.resize_(low.shape).copy_(low)
-                obs.max_val.resize_(high.shape).copy_(high)
-                scale, zero_point = fq.calculate_qparams()
-                fq.scale.resize_(scale.shape).copy_(scale)
-                fq.zero_point.resize_(zero_point.shape).copy_(zero_point.to(fq.zero_point.dtype))
+        plain = [like(MinMaxObserver, fq.activation_post_process) for fq in fakes]
+        _observe_with(gm, fakes, plain, inputs)
+        finite = [bool(torch.isfinite(p.min_val) and torch.isfinite(p.max_val) and p.max_val > p.min_val)
+                  for p in plain]
+        hists = [like(HistogramObserver, fq.activation_post_process) for fq in fakes]
+        for hist, p, ok in zip(hists, plain, finite, strict=True):
+            if ok:  # a fixed range: every batch is added to the same bins
+                hist.min_val.resize_(p.min_val.shape).copy_(p.min_val)
+                hist.max_val.resize_(p.max_val.shape).copy_(p.max_val)
+                hist.histogram.resize_(hist.bins).zero_()
+        _observe_with(gm, fakes, hists, inputs)
+        for fq, p, hist, ok in zip(fakes, plain, hists, finite, strict=True):
+            _set_range(fq, *(hist._non_linear_param_search() if ok else (p.min_val, p.max_val)))
     finally:
         set_fake_quant(gm, state["fake_quant"])
         set_observers(gm, state["observers"])
         set_batchnorm_training(gm, bn_training)
-    return len(targets)
+    return len(fakes)
 
 
 def sync_observers(gm: nn.Module) -> int:
@@ -357,16 +357,11 @@ def sync_observers(gm: nn.Module) -> int:
     torch.distributed.all_reduce(mins, op=torch.distributed.ReduceOp.MIN)
     torch.distributed.all_reduce(maxs, op=torch.distributed.ReduceOp.MAX)
     at = 0
-    with torch.no_grad():
-        for fq in modules:
-            obs = fq.activation_post_process
-            n = obs.min_val.numel()
-            obs.min_val.copy_(mins[at:at + n].view_as(obs.min_val))
-            obs.max_val.copy_(maxs[at:at + n].view_as(obs.max_val))
-            at += n
-            scale, zero_point = fq.calculate_qparams()
-            fq.scale.resize_(scale.shape).copy_(scale)
-            fq.zero_point.resize_(zero_point.shape).copy_(zero_point.to(fq.zero_point.dtype))
+    for fq in modules:
+        obs = fq.activation_post_process
+        n = obs.min_val.numel()
+        _set_range(fq, mins[at:at + n].view_as(obs.min_val), maxs[at:at + n].view_as(obs.max_val))
+        at += n
     return len(modules)
 
 
