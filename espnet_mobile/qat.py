@@ -556,9 +556,9 @@ class Run:
     def _heldout(self) -> tuple[np.ndarray, np.ndarray]:
         return self.data.heldout_inputs, self.data.heldout_labels
 
-    def _score_module(self, module: nn.Module) -> float:
+    def _score_module(self, module: nn.Module) -> dict[str, float]:
         x, y = self._heldout()
-        return E.miou(E.predict(module, x), y, self.entry.num_classes)
+        return E.scores(E.predict(module, x), y, self.entry.num_classes)
 
     def _progress(self, total: int, initial: int, desc: str):
         from tqdm import tqdm
@@ -596,7 +596,7 @@ class Run:
             if done % eval_every == 0 or done == total:
                 if dist.main:
                     model.eval()
-                    last = self._score_module(model)
+                    last = self._score_module(model)["miou"]
                     model.train()
                     history.append({"phase": "fp32", "step": done, "fp32_miou": last,
                                     "train_loss": round(float(np.mean(window)), 5) if window else None,
@@ -642,15 +642,18 @@ class Run:
         ptq_module = _export_deployable(fp32_state, self.entry, self.h, self.w)
         EQ.equalize_for_int8(ptq_module, torch.from_numpy(np.concatenate(calibration)))
         if G.RUNTIME[cfg.backend] is None or self.artifact_eval == "none":
-            ptq = E.ptq_simulated_miou(cfg.backend, ptq_module, calibration, x, y, self.entry.num_classes)
+            ptq = E.ptq_simulated_scores(cfg.backend, ptq_module, calibration, x, y, self.entry.num_classes)
             artifact = None
         else:
             path = self.out / f"ptq_int8{G.ARTIFACT_SUFFIX[cfg.backend]}"
             artifact = E.convert_int8(cfg.backend, ptq_module, path, calibration=calibration)
-            ptq = E.artifact_miou(cfg.backend, path, x, y, self.entry.num_classes)
-        self.log(f"baselines: fp32 mIoU {fp32:.2f}, PTQ int8 mIoU {ptq:.2f} "
+            ptq = E.artifact_scores(cfg.backend, path, x, y, self.entry.num_classes)
+        self.log(f"baselines: fp32 mIoU {fp32['miou']:.2f} (pixel accuracy {fp32['pixel_acc']:.2f}%), "
+                 f"PTQ int8 mIoU {ptq['miou']:.2f} (pixel accuracy {ptq['pixel_acc']:.2f}%) "
                  f"({len(calibration)} calibration inputs, {time.perf_counter() - start:.0f} s)")
-        return {"fp32_miou": fp32, "ptq_int8_miou": ptq, "ptq_artifact": artifact,
+        return {"fp32_miou": fp32["miou"], "ptq_int8_miou": ptq["miou"],
+                "fp32_pixel_acc": fp32["pixel_acc"], "ptq_int8_pixel_acc": ptq["pixel_acc"],
+                "ptq_artifact": artifact,
                 "ptq_int8_from": "simulated" if artifact is None else "artifact",
                 "calibration_inputs": len(calibration)}
 
@@ -671,13 +674,16 @@ class Run:
             path = self.out / f"qat_int8{G.ARTIFACT_SUFFIX[cfg.backend]}"
             info = E.convert_int8(cfg.backend, _export_deployable(self.fp32_state, self.entry, self.h, self.w), path,
                                   qat_module=gm)
-            record["int8_miou"] = E.artifact_miou(cfg.backend, path, x, y, self.entry.num_classes)
+            artifact = E.artifact_scores(cfg.backend, path, x, y, self.entry.num_classes) or {}
+            record["int8_miou"] = artifact.get("miou")
+            record["int8_pixel_acc"] = artifact.get("pixel_acc")
             record["artifact"] = info
             record["int8_from"] = "artifact"
         else:
             # Core ML (no runtime here) or no artifact asked for: the fake-quant score, which equals the
             # PT2E-converted graph's (see qat_eval); metrics.json says which.
             record["int8_miou"] = record["fake_quant_miou"]
+            record["int8_pixel_acc"] = record["fake_quant_pixel_acc"]
             record["int8_from"] = "fake-quant"
         if final and cfg.backend == "coreml":
             path = self.out / f"qat_int8{G.ARTIFACT_SUFFIX[cfg.backend]}"
@@ -784,6 +790,10 @@ class Run:
         cfg = self.cfg
         fp32, ptq, qat = baselines["fp32_miou"], baselines["ptq_int8_miou"], final["int8_miou"]
         gap = fp32 - ptq
+        acc = {"fp32": baselines.get("fp32_pixel_acc"), "ptq": baselines.get("ptq_int8_pixel_acc"),
+               "qat": final.get("int8_pixel_acc")}  # absent from checkpoints written before they were measured
+        acc_gap = None if None in acc.values() or abs(acc["fp32"] - acc["ptq"]) < 1e-9 else \
+            round((acc["qat"] - acc["ptq"]) / (acc["fp32"] - acc["ptq"]), 4)
         metrics = {
             "model": cfg.model, "backend": cfg.backend, "convert_target": G.CONVERT_TARGET[cfg.backend],
             "data": cfg.data, "data_kind": self.data.kind, "input_size": list(cfg.input_size),
@@ -794,6 +804,8 @@ class Run:
             "fp32_miou": fp32, "ptq_int8_miou": ptq, "qat_int8_miou": qat,
             "qat_fake_quant_miou": final["fake_quant_miou"], "qat_fp32_miou": final["fp32_miou"],
             "gap_closed": None if abs(gap) < 1e-9 else round((qat - ptq) / gap, 4),
+            "fp32_pixel_acc": acc["fp32"], "ptq_int8_pixel_acc": acc["ptq"], "qat_int8_pixel_acc": acc["qat"],
+            "gap_closed_pixel_acc": acc_gap,
             "int8_source": INT8_SOURCE[cfg.backend] if final.get("int8_from") == "artifact" or cfg.backend == "coreml"
             else ("simulated: PTQ as a PT2E quantize/dequantize graph in PyTorch, QAT as its fake-quantized "
                   "graph (identical to its PT2E conversion); artifact evaluation was turned off"),
@@ -842,6 +854,8 @@ def _format_record(r: dict[str, Any]) -> str:
     text = f"qat step {r['step']}: held-out mIoU fp32 {r['fp32_miou']:.2f}, fake-quant {r['fake_quant_miou']:.2f}"
     if "artifact" in r and r.get("int8_miou") is not None:
         text += f", int8 artifact {r['int8_miou']:.2f}"
+    if r.get("int8_pixel_acc") is not None:
+        text += f"; int8 pixel accuracy {r['int8_pixel_acc']:.2f}%"
     return text
 
 
@@ -864,7 +878,8 @@ def main(argv: list[str] | None = None) -> int:
             metrics = run.execute()
             if dist.main:
                 print(json.dumps({k: metrics[k] for k in ("fp32_miou", "ptq_int8_miou", "qat_int8_miou",
-                                                          "gap_closed", "wall_seconds")}))
+                                                          "gap_closed", "ptq_int8_pixel_acc", "qat_int8_pixel_acc",
+                                                          "gap_closed_pixel_acc", "wall_seconds")}))
                 print(f"metrics: {run.out / METRICS_NAME}\nconvert: {metrics['convert_command']}")
         finally:
             if dist.enabled and torch.distributed.is_initialized():

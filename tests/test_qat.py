@@ -263,6 +263,20 @@ def test_teacher_labels_skip_unsure_pixels():
     assert labels[0, 0, 0] == 1 and (labels.flatten()[1:] == 255).all()
 
 
+def test_scores_give_pixel_accuracy_next_to_miou():
+    labels = np.zeros((1, 10, 10), np.uint8)
+    labels[0, :, 5:] = 1
+    labels[0, 0, 0] = 255  # not scored
+    masks = labels.copy()
+    masks[0, 0, 0] = 2  # an unscored pixel: counts nowhere
+    assert qat_eval.scores(masks, labels, 3) == {"miou": 100.0, "pixel_acc": 100.0}
+    masks[0, 9, 9] = 2  # one pixel of a class the labels lack
+    s = qat_eval.scores(masks, labels, 3)
+    # IoU: class 0 = 49/49, class 1 = 49/50, class 2 = 0/1 -> mIoU swings by a third; accuracy by 1/99.
+    assert s["miou"] == pytest.approx((1 + 49 / 50 + 0) / 3 * 100, abs=1e-3)
+    assert s["pixel_acc"] == pytest.approx(98 / 99 * 100, abs=1e-3)
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -412,6 +426,11 @@ def test_run_writes_metrics_and_fp32_weights(finished_run):
     m = json.loads((finished_run / "metrics.json").read_text())
     for key in ("fp32_miou", "ptq_int8_miou", "qat_int8_miou", "data", "steps", "wall_seconds", "int8_source"):
         assert key in m
+    accuracy = [m["fp32_pixel_acc"], m["ptq_int8_pixel_acc"], m["qat_int8_pixel_acc"]]
+    assert all(0.0 <= a <= 100.0 for a in accuracy)
+    if abs(accuracy[0] - accuracy[1]) > 1e-9:
+        assert m["gap_closed_pixel_acc"] == pytest.approx((accuracy[2] - accuracy[1]) / (accuracy[0] - accuracy[1]),
+                                                          abs=1e-4)
     assert m["data"] == "synthetic:3" and m["steps"] == 6 and m["fp32_steps"] == 2
     assert (finished_run / "fp32_finetuned.pth").is_file()
     em.create_model(TINY, weights=finished_run / "fp32_finetuned.pth")  # loads as a reference model
