@@ -18,8 +18,15 @@ tensor's largest range (capped at ``max_scale``), measured on calibration
 inputs. The model's output is unchanged up to float rounding, which
 :func:`equalize_for_int8` checks.
 
-What each backend gains is noted at :data:`KINDS`. ESPNet (v1) has none of
-these blocks and is left as is.
+ESPNet (v1) has two kinds of such tensor: the concatenated hierarchical sums
+of its ESP modules that have no residual connection (the strided ones and the
+decoder's), and the encoder's level concatenations (``b2``, ``b3``), where the
+last ESP block's output shares one int8 range with a tensor several times
+larger; that block's output is rescaled through its own BatchNorm (before its
+PReLU). Its residual ESP blocks are left alone: rescaling them ties every block
+of a level together and made int8 worse when tried.
+
+What each backend gains is noted at :data:`KINDS`.
 """
 
 from __future__ import annotations
@@ -37,13 +44,15 @@ DEFAULT_MAX_SCALE = 64.0
 #: activations, which the optimizer cannot move (SGD diverges, Adam's steps swamp them).
 QAT_MAX_SCALE = 16.0
 #: Bumped whenever the rewrite changes, so cached int8 artifacts are rebuilt.
-VERSION = 1
+VERSION = 2
 #: The rescalable tensors, by kind (all are rescaled unless asked otherwise).
 #: Measured on espnetv2_s_2.0_pascal_256x256, PTQ int8 artifacts vs fp32, argmax agreement on the 16
 #: sample photos (without -> with): ExecuTorch XNNPACK 94.82% -> 98.72%, Core ML (MIL interpreter)
 #: 93.31% -> 97.47%, LiteRT 95.64% -> 95.77% (LiteRT's quantizer already splits each affine after a
 #: concat into one per input; rescaling only the EESP sums gave it 95.60%).
-KINDS = ("pyramid_pool", "eesp", "decoder_sum")
+#: ESPNet (v1) p=2, q=8 at 256x512, XNNPACK PT2E int8 simulated in PyTorch, argmax agreement with fp32 on
+#: 8 sample photos: 54.1% -> 67.9% (both v1 kinds; ESP modules alone 59.2%, level concatenations alone 62.7%).
+KINDS = ("pyramid_pool", "eesp", "decoder_sum", "esp", "esp_concat")
 #: Largest |change| of the output allowed, relative to max |output|, before the rewrite is refused.
 EXACTNESS = 1e-4
 
@@ -71,6 +80,7 @@ def _sites(body: nn.Module) -> list[dict[str, Any]]:
             affine = _affine(m.br_after_cat.bn)
             if affine is not None and all(b.conv.bias is None for b in m.spp_dw):
                 sites.append({"kind": "eesp", "name": name, "affine": affine, "module": m})
+    sites += _espnet_sites(body)
     # Decoder sums: merge_enc_dec_lk(encoder) + upsample(bu_dec_l(k-1)(...)) -> bu_br_lk.
     for k, previous in ((2, "bu_dec_l1"), (3, "bu_dec_l2"), (4, "bu_dec_l3")):
         br, merge, dec = (getattr(body, n, None) for n in (f"bu_br_l{k}", f"merge_enc_dec_l{k}", previous))
@@ -82,6 +92,36 @@ def _sites(body: nn.Module) -> list[dict[str, Any]]:
         if affine is not None and decoder_affine is not None and isinstance(encoder_bn, nn.BatchNorm2d):
             sites.append({"kind": "decoder_sum", "name": f"bu_br_l{k}", "affine": affine,
                           "encoder_bn": encoder_bn, "decoder_affine": decoder_affine})
+    return sites
+
+
+def _espnet_sites(body: nn.Module) -> list[dict[str, Any]]:
+    """ESPNet (v1): ESP modules without a residual, and the encoder's level concatenations."""
+    from espnet_mobile.deploy import DeployESPNetEncoder
+    from espnet_mobile.models.espnet import ESPModule
+
+    sites: list[dict[str, Any]] = []
+    for name, m in body.named_modules():
+        if isinstance(m, ESPModule) and not m.residual:
+            affine = _affine(m.bn if m.downsample else m.bn.bn)
+            branches = [m.d1, m.d2, m.d4, m.d8, m.d16]
+            if affine is not None and all(b.conv.bias is None for b in branches):
+                sites.append({"kind": "esp", "name": name, "affine": affine, "module": m})
+    encoder = getattr(body, "encoder", body)
+    if isinstance(encoder, DeployESPNetEncoder):
+        # b2 = BR(cat[out2, down2(, image)]) and b3 = BR(cat[down3, out3]): out2 and out3 are the
+        # last ESP block of their level, read by nothing but the concatenation.
+        for level, b_name, first in (("level2", "b2", True), ("level3", "b3", False)):
+            b, blocks = getattr(encoder, b_name, None), getattr(encoder, level, None)
+            if b is None or not blocks:
+                continue
+            affine, source = _affine(b.bn), _affine(blocks[-1].bn.bn)
+            if affine is None or source is None:
+                continue
+            width = source.out_channels
+            offset = 0 if first else affine.out_channels - width
+            sites.append({"kind": "esp_concat", "name": f"encoder.{b_name}", "affine": affine,
+                          "source": source, "channels": slice(offset, offset + width)})
     return sites
 
 
@@ -106,12 +146,17 @@ def _input_peaks(model: nn.Module, sites: list[dict[str, Any]], inputs: torch.Te
 
 
 def _channel_scales(peaks: torch.Tensor, max_scale: float) -> torch.Tensor:
-    return (peaks.max() / peaks.clamp_min(1e-30)).clamp(1.0, max_scale)
+    return _channel_scales_against(peaks, peaks.max(), max_scale)
+
+
+def _channel_scales_against(peaks: torch.Tensor, top: torch.Tensor, max_scale: float) -> torch.Tensor:
+    """Factors that bring each channel's peak up to ``top`` (the whole tensor's), at most ``max_scale``."""
+    return (top / peaks.clamp_min(1e-30)).clamp(1.0, max_scale)
 
 
 @torch.no_grad()
 def _apply(site: dict[str, Any], peaks: torch.Tensor, max_scale: float) -> torch.Tensor:
-    """Rescale one site in place; returns the per-channel factors of the tensor entering the affine."""
+    """Rescale one site in place; returns the factors of the channels it rescaled (the affine is divided by them)."""
     affine = site["affine"]
     if site["kind"] == "pyramid_pool":
         stages = site["module"].stages
@@ -129,6 +174,24 @@ def _apply(site: dict[str, Any], peaks: torch.Tensor, max_scale: float) -> torch
         for branch in branches:
             branch.conv.weight.mul_(scales.view(width, 1, 1, 1))
         flat = scales.repeat(len(branches))
+    elif site["kind"] == "esp":
+        m = site["module"]
+        first, width = m.d1.conv.out_channels, m.d2.conv.out_channels
+        # d1 stands alone; d2..d16 are summed cumulatively, so channel c of each shares one factor.
+        lead = _channel_scales_against(peaks[:first], peaks.max(), max_scale)
+        tied = _channel_scales_against(peaks[first:].view(4, width).amax(0), peaks.max(), max_scale)
+        m.d1.conv.weight.mul_(lead.view(-1, 1, 1, 1))
+        for branch in (m.d2, m.d4, m.d8, m.d16):
+            branch.conv.weight.mul_(tied.view(-1, 1, 1, 1))
+        flat = torch.cat([lead, tied.repeat(4)])
+    elif site["kind"] == "esp_concat":
+        # Only the last block's channels move: through its BatchNorm, which the PReLU after it commutes with.
+        part = _channel_scales_against(peaks[site["channels"]], peaks.max(), max_scale)
+        source = site["source"]
+        source.weight.mul_(part.view(-1, 1, 1, 1))
+        source.bias.mul_(part)
+        affine.weight[site["channels"]] /= part.view(-1, 1, 1, 1)
+        return part  # the other channels of the concatenation keep a factor of 1
     else:  # decoder_sum: scale both summands at their last per-channel affine before PReLU
         flat = _channel_scales(peaks, max_scale)
         bn, dec = site["encoder_bn"], site["decoder_affine"]

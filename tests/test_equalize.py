@@ -89,11 +89,34 @@ def test_kinds_select_what_is_rescaled() -> None:
         EQ.equalize_for_int8(model, _inputs(2), kinds=("eesp", "everything"))
 
 
-def test_espnet_v1_has_nothing_to_rescale() -> None:
+def test_espnet_v1_rescales_its_esp_modules_and_level_concatenations() -> None:
     model = _random_deployable("espnet_p_2_q_3")
-    state = copy.deepcopy(model.state_dict())
-    assert EQ.equalize_for_int8(model, _inputs(2))["tensors"] == 0
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    x = _inputs(3)
+    before = _run(model, x)
+    peaks_before = _input_peaks(model, x)
+    residual = {n: copy.deepcopy(m.state_dict()) for n, m in model.body.named_modules()
+                if type(m).__name__ == "ESPModule" and m.residual}
+    report = EQ.equalize_for_int8(model, x)
+    # level2_0, level3_0 and the decoder's ESP module; the b2 and b3 concatenations.
+    assert report["by_kind"] == {"esp": 3, "esp_concat": 2}, report
+    after = _run(model, x)
+    torch.testing.assert_close(after, before, rtol=0, atol=EQ.EXACTNESS * float(before.abs().max()))
+    # Each rescaled channel now peaks at the tensor's peak, or at 64x its old peak where the cap binds.
+    # In a strided ESP module the sums tie channel j of the last four branches: their largest peak does.
+    for (pb, pa), site in zip(zip(peaks_before, _input_peaks(model, x), strict=True), EQ._sites(model.body),
+                              strict=True):
+        if site["kind"] == "esp":
+            first, width = site["module"].d1.conv.out_channels, site["module"].d2.conv.out_channels
+            pb = torch.cat([pb[:first], pb[first:].view(4, width).amax(0)])
+            pa = torch.cat([pa[:first], pa[first:].view(4, width).amax(0)])
+        part = site.get("channels", slice(None))
+        expected = torch.minimum(pb.max().expand_as(pb[part]), EQ.DEFAULT_MAX_SCALE * pb[part])
+        torch.testing.assert_close(pa[part], expected, rtol=1e-4, atol=0, msg=site["name"])
+        assert pa.max() == pytest.approx(float(pb.max()), rel=1e-5)
+    # Residual blocks are left alone, except the last of each level, whose affine feeds a concatenation.
+    changed = [n for n, s in residual.items()
+               if any(not torch.equal(v, dict(model.body.named_modules())[n].state_dict()[k]) for k, v in s.items())]
+    assert changed == ["encoder.level2.1", "encoder.level3.2"], changed
 
 
 def test_a_rewrite_that_changes_the_output_is_refused_and_undone(monkeypatch) -> None:
