@@ -789,11 +789,9 @@ class Run:
     def _write_metrics(self, baselines, final, history, report) -> dict[str, Any]:
         cfg = self.cfg
         fp32, ptq, qat = baselines["fp32_miou"], baselines["ptq_int8_miou"], final["int8_miou"]
-        gap = fp32 - ptq
+        # Pixel accuracies are absent from checkpoints written before they were measured.
         acc = {"fp32": baselines.get("fp32_pixel_acc"), "ptq": baselines.get("ptq_int8_pixel_acc"),
-               "qat": final.get("int8_pixel_acc")}  # absent from checkpoints written before they were measured
-        acc_gap = None if None in acc.values() or abs(acc["fp32"] - acc["ptq"]) < 1e-9 else \
-            round((acc["qat"] - acc["ptq"]) / (acc["fp32"] - acc["ptq"]), 4)
+               "qat": final.get("int8_pixel_acc")}
         metrics = {
             "model": cfg.model, "backend": cfg.backend, "convert_target": G.CONVERT_TARGET[cfg.backend],
             "data": cfg.data, "data_kind": self.data.kind, "input_size": list(cfg.input_size),
@@ -803,9 +801,9 @@ class Run:
                         if self.data.distill else "ground truth"},
             "fp32_miou": fp32, "ptq_int8_miou": ptq, "qat_int8_miou": qat,
             "qat_fake_quant_miou": final["fake_quant_miou"], "qat_fp32_miou": final["fp32_miou"],
-            "gap_closed": None if abs(gap) < 1e-9 else round((qat - ptq) / gap, 4),
+            "gap_closed": _gap_closed(fp32, ptq, qat),
             "fp32_pixel_acc": acc["fp32"], "ptq_int8_pixel_acc": acc["ptq"], "qat_int8_pixel_acc": acc["qat"],
-            "gap_closed_pixel_acc": acc_gap,
+            "gap_closed_pixel_acc": _gap_closed(acc["fp32"], acc["ptq"], acc["qat"]),
             "int8_source": INT8_SOURCE[cfg.backend] if final.get("int8_from") == "artifact" or cfg.backend == "coreml"
             else ("simulated: PTQ as a PT2E quantize/dequantize graph in PyTorch, QAT as its fake-quantized "
                   "graph (identical to its PT2E conversion); artifact evaluation was turned off"),
@@ -829,6 +827,13 @@ class Run:
 
 
 # --------------------------------------------------------------------------- small helpers
+
+
+def _gap_closed(fp32: float | None, ptq: float | None, qat: float | None) -> float | None:
+    """Share of the fp32 - PTQ gap that QAT recovered; None when a figure is missing or there is no gap."""
+    if fp32 is None or ptq is None or qat is None or abs(fp32 - ptq) < 1e-9:
+        return None
+    return round((qat - ptq) / (fp32 - ptq), 4)
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:

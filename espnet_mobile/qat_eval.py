@@ -73,10 +73,6 @@ def scores(masks: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str,
     return {"miou": round(metrics.miou(conf), 4), "pixel_acc": round(accuracy, 4)}
 
 
-def miou(masks: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    return scores(masks, labels, num_classes)["miou"]
-
-
 def qat_scores(gm: torch.fx.GraphModule, inputs: np.ndarray, labels: np.ndarray,
                num_classes: int) -> dict[str, float]:
     """Scores of the QAT graph without and with fake quantization (inference mode, state untouched)."""
