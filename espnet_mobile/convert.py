@@ -262,7 +262,8 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
         versions = _tool_versions(job.target, job)
         ptq = job.precision == "int8" and qat is None
         extra = {"nhwc": opts.nhwc and job.target == "tflite", "options": opts.options,
-                 "calibration": calibration_digest if job.precision == "int8" else None}
+                 "calibration": calibration_digest if job.precision == "int8" else None,
+                 "writer": getattr(backend_module(job.target), "WRITER_VERSION", 1)}
         if ptq:
             extra["equalization"] = EQ.VERSION
         key = cache_key(job, manifest, versions, extra)

@@ -195,6 +195,42 @@ def test_int8_file_is_smaller_than_fp32(converted):
     assert converted("int8").path.stat().st_size < converted("fp32").path.stat().st_size
 
 
+def _quantization_params(model_bytes: bytes) -> list[tuple]:
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    params = []
+    for tensor in model.subgraphs[0].tensors:
+        q = tensor.quantization
+        params.append(None if q is None else (
+            None if q.scale is None else q.scale.tolist(),
+            None if q.zeroPoint is None else q.zeroPoint.tolist(), q.quantizedDimension))
+    return params
+
+
+@pytest.mark.slow  # the int8 conversion of even this small graph takes ~30 s
+def test_int8_shares_quantization_vectors_without_changing_them(eval_images, converted, tmp_path):
+    """The written file stores each distinct scale / zero-point vector once; a plain repack does not."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    result = converted("int8")
+    shared = result.path.read_bytes()
+    model = schema.ModelT.InitFromPackedBuf(bytearray(shared), 0)
+    builder = flatbuffers.Builder(len(shared))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    plain = bytes(builder.Output())
+    assert len(shared) < len(plain)
+    assert len(plain) - len(shared) == result.report["shared_quantization_bytes"]
+    assert _quantization_params(shared) == _quantization_params(plain)
+    plain_path = tmp_path / "plain.tflite"
+    plain_path.write_bytes(plain)
+    x = eval_images[0].numpy()
+    assert np.array_equal(tflite.run_tflite(result.path, x), tflite.run_tflite(plain_path, x))
+    assert tflite.share_quantization_vectors(converted("fp32").path.read_bytes()) == \
+        converted("fp32").path.read_bytes()  # a float model has nothing to share
+
+
 def test_signature_names(converted):
     from ai_edge_litert.interpreter import Interpreter
 
