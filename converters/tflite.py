@@ -80,8 +80,9 @@ from converters.common import (
 )
 
 #: Bumped whenever this module writes a different file for the same request, so
-#: ``espnet_mobile.convert`` rebuilds cached artifacts (2: shared quantization vectors).
-WRITER_VERSION = 2
+#: ``espnet_mobile.convert`` rebuilds cached artifacts (2: shared quantization vectors;
+#: 3: high-gain convs and their PReLUs in float).
+WRITER_VERSION = 3
 
 TARGET = "tflite"
 INSTALL_HINT = "pip install litert-torch==0.10.0"
@@ -89,7 +90,12 @@ DEFAULT_SIGNATURE = "segment"
 DEFAULT_INPUT_NAME = "image"
 DEFAULT_OUTPUT_NAME = "logits"
 ACCELERATORS = ("cpu", "cpu_reference", "gpu")
-OPTIONS = ("nhwc", "signature", "input_name", "output_name", "verbose")
+OPTIONS = ("nhwc", "signature", "input_name", "output_name", "verbose", "int8_max_weight_gain")
+
+#: Post-training int8 keeps convolutions whose effective weights (BatchNorm folded in) exceed
+#: this gain in float, with the PReLUs next to them (see :func:`_mark_float_islands`); the
+#: ExecuTorch converter uses the same bound.
+DEFAULT_MAX_WEIGHT_GAIN = 100.0
 
 _BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 
@@ -551,10 +557,15 @@ def _quantizer_class() -> type:
             _decompose_prelu(model)
             return model
 
+        #: Gain above which a conv runs in float (None: every conv in int8); set by get_quantizer.
+        max_weight_gain: float | None = None
+
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             cfg = self.global_config
             if cfg is None or cfg.input_activation is None:
                 raise ConversionError("the TFLite int8 path supports static quantization configs only")
+            self.float_islands = _mark_float_islands(model, self.max_weight_gain) \
+                if self.max_weight_gain and not cfg.is_qat else {}
             # Before the stock patterns: the stock conv+relu pattern would otherwise swallow
             # the conv output that the decomposed PReLU also reads.
             if cfg.is_qat:
@@ -668,16 +679,108 @@ def _quantizer_class() -> type:
     return SegmentationPT2EQuantizer
 
 
-def get_quantizer(*, qat: bool = False, per_channel: bool = True) -> Any:
+def get_quantizer(*, qat: bool = False, per_channel: bool = True,
+                  max_weight_gain: float | None = DEFAULT_MAX_WEIGHT_GAIN) -> Any:
     """The PT2E quantizer for TFLite int8 (static, int8 activations, symmetric int8 weights).
 
     Use the same object for ``prepare_qat_pt2e`` (``qat=True``) when fine-tuning
-    a model that will be converted with ``req.qat_module``.
+    a model that will be converted with ``req.qat_module``. ``max_weight_gain``
+    applies to post-training quantization only (QAT trains every conv in int8).
     """
     cls = _quantizer_class()  # raises MissingBackendError without litert-torch
     from litert_torch.quantize import pt2e_quantizer as lq
 
-    return cls().set_global(lq.get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat))
+    quantizer = cls().set_global(lq.get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat))
+    quantizer.max_weight_gain = max_weight_gain
+    quantizer.float_islands = {}
+    return quantizer
+
+
+def _module_path(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else node.name
+
+
+def _mark_float_islands(gm: torch.fx.GraphModule, max_gain: float) -> dict[str, dict[str, Any]]:
+    """Leave unquantized each conv whose weight gain exceeds ``max_gain``, and the PReLUs around it.
+
+    Runs on the prepared graph, where PT2E has folded BatchNorms into the conv
+    weights, so the gain of output channel ``c`` is the L2 norm of its weights.
+    ESPNetv2's decoder has three such convs after int8 equalization (gains up to
+    ~11,600, from BatchNorms with near-zero running variance); in int8 they
+    amplify the rounding of their int8 input by as much. Marked float: the conv,
+    the decomposed PReLU that reads it (:func:`_decompose_prelu`), and the
+    decomposed PReLU that produces its input, so that input reaches the conv
+    without the two extra roundings of an int8 PReLU (the XNNPACK converter's
+    float convs see the same). Returns ``{conv node: {"module", "gain"}}``.
+    The converter must then run in strict QDQ mode (:func:`_strict_qdq`), or it
+    quantizes the float ops again.
+    """
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    key = "quantization_annotation"
+    convs = {_aten("conv2d"), _aten("conv1d"), _aten("convolution")}
+    found: dict[str, dict[str, Any]] = {}
+
+    def keep_float(node: torch.fx.Node) -> None:
+        node.meta[key] = QuantizationAnnotation(_annotated=True)
+
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in convs or key in node.meta:
+            continue
+        weight = _constant_value(gm, node.args[1])
+        if weight is None or weight.dim() < 2:
+            continue
+        gain = float(weight.detach().flatten(1).norm(dim=1).max())
+        if gain <= max_gain:
+            continue
+        found[node.name] = {"module": _module_path(node), "gain": round(gain, 1)}
+        keep_float(node)
+        after = [u for u in node.users if u.meta.get(_PRELU_ROLE)]
+        before = [node.args[0]] if isinstance(node.args[0], torch.fx.Node) else []
+        seen: set[torch.fx.Node] = {node}
+        while after:
+            n = after.pop()
+            if n not in seen:
+                seen.add(n)
+                keep_float(n)
+                after += [u for u in n.users if u.meta.get(_PRELU_ROLE)]
+        while before:
+            n = before.pop()
+            if n not in seen and n.meta.get(_PRELU_ROLE):
+                seen.add(n)
+                keep_float(n)
+                before += list(n.all_input_nodes)
+    return found
+
+
+@contextlib.contextmanager
+def _strict_qdq(enabled: bool) -> Iterator[None]:
+    """Run litert-torch's converter in strict QDQ mode: an op no quantize/dequantize pair wraps stays float.
+
+    In its default mode the converter folds ``dequantize -> conv -> quantize`` into an
+    int8 conv even when PT2E left the conv unquantized. litert-torch 0.10 exposes the
+    switch only on the converter's config object, which it builds internally, so the
+    config class is wrapped for the duration of one conversion.
+    """
+    if not enabled:
+        yield
+        return
+    from litert_torch._convert import litert_converter
+
+    api = litert_converter.converter_api_ext
+    original = api.ConvertToTFLConfig
+
+    def strict_config() -> Any:
+        config = original()
+        config.strict_qdq_mode = True
+        return config
+
+    api.ConvertToTFLConfig = strict_config
+    try:
+        yield
+    finally:
+        api.ConvertToTFLConfig = original
 
 
 # --------------------------------------------------------------------------- #
@@ -901,7 +1004,8 @@ def _quantize_pt2e(req: ConversionRequest, nhwc: bool) -> tuple[nn.Module, Any, 
         # The QAT graph takes NCHW; the layout permute stays outside it (float, before QUANTIZE).
         return (_NHWCInput(gm) if nhwc else gm), get_quantizer(qat=True), info
 
-    quantizer = get_quantizer()
+    gain = (req.options or {}).get("int8_max_weight_gain", DEFAULT_MAX_WEIGHT_GAIN)
+    quantizer = get_quantizer(max_weight_gain=None if gain is None else float(gain))
     source = _NHWCInput(req.module) if nhwc else req.module
     example = _to_layout(req.example_input, nhwc)
     try:
@@ -919,6 +1023,8 @@ def _quantize_pt2e(req: ConversionRequest, nhwc: bool) -> tuple[nn.Module, Any, 
     gm = convert_pt2e(gm, fold_quantize=False)
     move_exported_model_to_eval(gm)
     info.update(quantization="pt2e-ptq", calibration_samples=n)
+    if quantizer.float_islands:
+        info["float_convs"] = quantizer.float_islands
     return gm, quantizer, info
 
 
@@ -955,9 +1061,11 @@ def convert(req: ConversionRequest) -> ConversionResult:
         report["ignored_options"] = ignored
 
     quant_config = None
+    float_convs: dict[str, Any] = {}
     with _quiet(verbose):
         if req.precision == "int8":
             inner, quantizer, info = _quantize_pt2e(req, nhwc)
+            float_convs = info.get("float_convs", {})
             report.update(info)
             from litert_torch.quantize.quant_config import QuantConfig
 
@@ -970,8 +1078,9 @@ def convert(req: ConversionRequest) -> ConversionResult:
                 quant_config = quant_recipes.full_fp16_recipe()
         named = _mark_eval(_NamedIO(inner, out_name))
         try:
-            edge = litert_torch.signature(sig_name, named, sample_kwargs={in_name: example}).convert(
-                quant_config=quant_config)
+            with _strict_qdq(bool(float_convs)):
+                edge = litert_torch.signature(sig_name, named, sample_kwargs={in_name: example}).convert(
+                    quant_config=quant_config)
             data = bytes(edge.model_content())
         except ConversionError:
             raise

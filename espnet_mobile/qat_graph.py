@@ -453,7 +453,9 @@ def fp32_nodes(captured: torch.fx.GraphModule, backend: str) -> list[str]:
     XNNPACK's converter leaves convolutions with effective weight gains above
     :data:`converters.executorch.DEFAULT_MAX_WEIGHT_GAIN` in float (BatchNorms
     with collapsed variance make ESPNetv2's decoder amplify int8 rounding
-    several hundred times); the other converters quantize everything.
+    several hundred times). The LiteRT converter does the same after post-training
+    calibration, but its QAT quantizer has no per-node filter, so a TFLite QAT graph
+    trains every conv in int8 and the converter keeps it so; Core ML quantizes everything.
     """
     if backend != "xnnpack":
         return []

@@ -365,6 +365,80 @@ def test_quantizer_rewrites_are_exact(net, example):
     assert not any(k in t for t in targets for k in ("prelu", "batch_norm"))
 
 
+class HighGainNet(nn.Module):
+    """A depth-wise conv whose BatchNorm has a near-zero running variance (gain > 100), between PReLUs.
+
+    ESPNetv2's decoder has such layers; in int8 they amplify the rounding of their int8 input.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(4)
+        self.stem = _ConvBNPReLU(3, 8, 3)
+        self.amplify = _ConvBNPReLU(8, 8, 3, groups=8)
+        self.classifier = nn.Conv2d(8, NUM_CLASSES, 1)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1, generator=g)
+            elif isinstance(m, nn.PReLU):
+                m.weight.data.uniform_(0.1, 0.4, generator=g)
+        with torch.no_grad():  # a collapsed running variance: BatchNorm multiplies by ~1/sqrt(eps)
+            self.amplify.bn.running_var.fill_(1e-7)
+            self.amplify.conv.weight.mul_(4.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.amplify(self.stem(x)))
+
+
+def test_quantizer_keeps_high_gain_convs_and_their_prelus_in_float(example):
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    net = HighGainNet().eval()
+    converted = {}
+    for gain in (tflite.DEFAULT_MAX_WEIGHT_GAIN, None):
+        quantizer = tflite.get_quantizer(max_weight_gain=gain)
+        gm = prepare_pt2e(torch.export.export(net, (example,), strict=False).module(), quantizer)
+        for x in _images(2, seed=5):
+            gm(x)
+        converted[gain] = (convert_pt2e(gm, fold_quantize=False), quantizer.float_islands)
+    gm, islands = converted[tflite.DEFAULT_MAX_WEIGHT_GAIN]
+    assert [v["module"] for v in islands.values()] == ["amplify.conv"]
+    assert next(iter(islands.values()))["gain"] > 100
+    convs = [n for n in gm.graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.conv2d.default]
+    stem, amplify, classifier = convs
+    assert "dequantize" in str(stem.args[1].target) and "dequantize" in str(classifier.args[1].target)
+    assert amplify.args[1].op == "get_attr"  # float weight
+    # Its input comes straight from the stem's PReLU (computed in float), and its output feeds a float PReLU.
+    assert amplify.args[0].target == torch.ops.aten.add.Tensor
+    assert all("quantize" not in str(u.target) for u in amplify.users)
+    gm_int8, islands_int8 = converted[None]
+    assert islands_int8 == {}
+    convs = [n for n in gm_int8.graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.conv2d.default]
+    assert all("dequantize" in str(c.args[1].target) for c in convs)
+
+
+@pytest.mark.slow  # two int8 conversions
+def test_int8_high_gain_conv_runs_in_float_and_agrees_better(eval_images, example, tmp_path):
+    net = HighGainNet().eval()
+    calibration = _images(12, seed=3)
+    results = {}
+    for gain in (tflite.DEFAULT_MAX_WEIGHT_GAIN, None):
+        results[gain] = tflite.convert(_request(net, example, "int8", tmp_path / f"gain_{gain}.tflite",
+                                                calibration=calibration,
+                                                options={"int8_max_weight_gain": gain}))
+    kept = results[tflite.DEFAULT_MAX_WEIGHT_GAIN]
+    assert list(v["module"] for v in kept.report["float_convs"].values()) == ["amplify.conv"]
+    assert kept.report["float_ops"].get("DEPTHWISE_CONV_2D") == 1
+    assert results[None].report["float_ops"] == {}
+
+    def agreement(path: Path) -> float:
+        return float(np.mean([(tflite.run_tflite(path, x.numpy()).argmax(1) == _eager(net, x).argmax(1)).mean()
+                              for x in eval_images]))
+
+    with_float, all_int8 = agreement(kept.path), agreement(results[None].path)
+    assert with_float >= 0.97 and with_float > all_int8, (with_float, all_int8)
+
+
 @pytest.mark.slow
 def test_int8_from_qat_module(net, example, eval_images, tmp_path):
     """A module prepared with prepare_qat_pt2e + get_quantizer(qat=True) converts to the same contract."""
