@@ -14,6 +14,10 @@ Precisions
           segmentation graphs. Either calibrated here on ``req.calibration`` or
           taken from ``req.qat_module`` (prepared with ``prepare_qat_pt2e`` and
           :func:`get_quantizer(qat=True) <get_quantizer>`, then fine-tuned).
+          After calibration, convolutions with a weight gain above
+          ``int8_max_weight_gain`` (default :data:`DEFAULT_MAX_WEIGHT_GAIN`)
+          and the PReLUs on both sides of them stay float
+          (:func:`_mark_float_islands`); ESPNetv2 has three such convs.
 
 App contract: every artifact has float32 input and float32 output, whatever the
 precision. For int8 the converter ends with int8 tensors at the model boundary;
