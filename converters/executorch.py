@@ -33,12 +33,14 @@ from typing import Any
 import torch
 
 from converters.common import (
+    DEFAULT_MAX_WEIGHT_GAIN,
     ConversionError,
     ConversionRequest,
     ConversionResult,
     MissingBackendError,
     atomic_output,
     calibration_batches,
+    module_path,
 )
 
 EXECUTORCH_PIN = "executorch==1.5.1"
@@ -209,16 +211,7 @@ def _coreml_quantizer() -> Any:
     return CoreMLQuantizer(q.LinearQuantizerConfig(global_config=module_config))
 
 
-#: Convolutions whose effective weights exceed this are kept in fp32 by default (see
-#: :func:`high_gain_convolutions`); ESPNetv2's BN-amplified decoder layers reach ~700.
-DEFAULT_MAX_WEIGHT_GAIN = 100.0
-
 _CONV_OPS = (torch.ops.aten.conv2d.default, torch.ops.aten.conv1d.default, torch.ops.aten.convolution.default)
-
-
-def _module_path(node: torch.fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    return list(stack.values())[-1][0] if stack else ""
 
 
 def high_gain_convolutions(gm: torch.fx.GraphModule, max_gain: float) -> dict[str, dict[str, Any]]:
@@ -261,7 +254,7 @@ def high_gain_convolutions(gm: torch.fx.GraphModule, max_gain: float) -> dict[st
                 gain = gain * gamma.detach().abs() / (var.detach() + eps).sqrt()
         top = float(gain.max()) if gain.numel() else 0.0
         if top > max_gain:
-            found[node.name] = {"module": _module_path(node), "gain": round(top, 1)}
+            found[node.name] = {"module": module_path(node), "gain": round(top, 1)}
     return found
 
 
@@ -309,7 +302,7 @@ def quantize_pt2e(
         keep = high_gain_convolutions(captured, max_weight_gain) if max_weight_gain else {}
         prefixes = tuple(p.rstrip(".") for p in fp32_layers)
         for node in captured.graph.nodes:
-            path = _module_path(node)
+            path = module_path(node)
             if node.op == "call_function" and prefixes and any(
                 path == p or path.startswith(p + ".") for p in prefixes
             ):

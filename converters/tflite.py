@@ -75,12 +75,14 @@ import torch
 from torch import nn
 
 from converters.common import (
+    DEFAULT_MAX_WEIGHT_GAIN,
     PRECISIONS,
     ConversionError,
     ConversionRequest,
     ConversionResult,
     MissingBackendError,
     atomic_output,
+    module_path,
 )
 
 #: Bumped whenever this module writes a different file for the same request, so
@@ -95,11 +97,6 @@ DEFAULT_INPUT_NAME = "image"
 DEFAULT_OUTPUT_NAME = "logits"
 ACCELERATORS = ("cpu", "cpu_reference", "gpu")
 OPTIONS = ("nhwc", "signature", "input_name", "output_name", "verbose", "int8_max_weight_gain")
-
-#: Post-training int8 keeps convolutions whose effective weights (BatchNorm folded in) exceed
-#: this gain in float, with the PReLUs next to them (see :func:`_mark_float_islands`); the
-#: ExecuTorch converter uses the same bound.
-DEFAULT_MAX_WEIGHT_GAIN = 100.0
 
 _BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 
@@ -700,11 +697,6 @@ def get_quantizer(*, qat: bool = False, per_channel: bool = True,
     return quantizer
 
 
-def _module_path(node: torch.fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    return list(stack.values())[-1][0] if stack else node.name
-
-
 def _mark_float_islands(gm: torch.fx.GraphModule, max_gain: float) -> dict[str, dict[str, Any]]:
     """Leave unquantized each conv whose weight gain exceeds ``max_gain``, and the PReLUs around it.
 
@@ -738,23 +730,19 @@ def _mark_float_islands(gm: torch.fx.GraphModule, max_gain: float) -> dict[str, 
         gain = float(weight.detach().flatten(1).norm(dim=1).max())
         if gain <= max_gain:
             continue
-        found[node.name] = {"module": _module_path(node), "gain": round(gain, 1)}
+        found[node.name] = {"module": module_path(node) or node.name, "gain": round(gain, 1)}
         keep_float(node)
-        after = [u for u in node.users if u.meta.get(_PRELU_ROLE)]
-        before = [node.args[0]] if isinstance(node.args[0], torch.fx.Node) else []
         seen: set[torch.fx.Node] = {node}
-        while after:
-            n = after.pop()
-            if n not in seen:
-                seen.add(n)
-                keep_float(n)
-                after += [u for u in n.users if u.meta.get(_PRELU_ROLE)]
-        while before:
-            n = before.pop()
-            if n not in seen and n.meta.get(_PRELU_ROLE):
-                seen.add(n)
-                keep_float(n)
-                before += list(n.all_input_nodes)
+        source = [node.args[0]] if isinstance(node.args[0], torch.fx.Node) else []
+        # Downstream through the PReLU parts reading the conv, upstream through those producing its input.
+        for todo, step in ((list(node.users), lambda n: list(n.users)),
+                           (source, lambda n: list(n.all_input_nodes))):
+            while todo:
+                n = todo.pop()
+                if n not in seen and n.meta.get(_PRELU_ROLE):
+                    seen.add(n)
+                    keep_float(n)
+                    todo += step(n)
     return found
 
 
