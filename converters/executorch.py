@@ -55,6 +55,11 @@ DELEGATE_PRECISIONS: dict[str, tuple[str, ...]] = {
 DELEGATES = tuple(DELEGATE_PRECISIONS)
 
 #: Name the ExecuTorch runtime registers each delegate's backend under.
+#: Bumped whenever this module writes a different file for the same request, so
+#: ``espnet_mobile.convert`` rebuilds cached artifacts (2: XNNPACK constants under
+#: 16-digit names, 16-byte segments, int8 affines before a PReLU in fp32).
+WRITER_VERSION = 2
+
 BACKEND_IDS = {"xnnpack": "XnnpackBackend", "coreml": "CoreMLBackend", "vulkan": "VulkanBackend"}
 
 COMPUTE_UNITS = {"xnnpack": ["CPU"], "vulkan": ["GPU"]}
@@ -258,6 +263,34 @@ def high_gain_convolutions(gm: torch.fx.GraphModule, max_gain: float) -> dict[st
     return found
 
 
+def affines_before_prelu(gm: torch.fx.GraphModule) -> dict[str, dict[str, Any]]:
+    """Depth-wise 1x1 convolutions (BatchNorms that follow no conv) whose only consumer is a PReLU.
+
+    XNNPACK's quantizer leaves PReLU in fp32 (dequantize -> PReLU -> quantize),
+    so an int8 per-channel affine right before it buys no integer arithmetic:
+    it only adds a rounding step and costs more bytes than its fp32 form (an
+    int8 weight, an int32 bias and two fp32 scales per channel, against two
+    fp32 values). Kept in fp32 it runs inside the PReLU's float island.
+    Returns ``{node name: {"module", "reason"}}``.
+    """
+    params = dict(gm.named_parameters())
+    params.update(dict(gm.named_buffers()))
+    found: dict[str, dict[str, Any]] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target != torch.ops.aten.conv2d.default:
+            continue
+        weight = node.args[1]
+        w = params.get(str(weight.target)) if isinstance(weight, torch.fx.Node) and weight.op == "get_attr" else None
+        groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+        users = list(node.users)
+        if w is None or w.dim() != 4 or tuple(w.shape[1:]) != (1, 1, 1) or groups != w.shape[0]:
+            continue
+        if len(users) == 1 and users[0].target == torch.ops.aten.prelu.default:
+            found[node.name] = {"module": module_path(node), "reason": "per-channel affine before an fp32 PReLU"}
+    return found
+
+
+
 def quantize_pt2e(
     module: torch.nn.Module,
     example_input: torch.Tensor,
@@ -267,6 +300,7 @@ def quantize_pt2e(
     quantizer: Any = None,
     fp32_layers: Sequence[str] = (),
     max_weight_gain: float | None = DEFAULT_MAX_WEIGHT_GAIN,
+    float_prelu_affines: bool = False,
 ) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
     """Quantize ``module`` with PT2E and re-export it.
 
@@ -276,7 +310,9 @@ def quantize_pt2e(
     ``calibration``. Post-training quantization keeps in fp32 the
     convolutions under the module paths ``fp32_layers`` and those whose
     effective weights (BatchNorm folded in) exceed ``max_weight_gain`` (see
-    :func:`high_gain_convolutions`). Returns the quantized exported program
+    :func:`high_gain_convolutions`) and, with ``float_prelu_affines``, the
+    per-channel affines in front of a PReLU (:func:`affines_before_prelu`;
+    XNNPACK runs PReLU in fp32). Returns the quantized exported program
     and a small report of how it was quantized.
     """
     from torchao.quantization.pt2e import move_exported_model_to_eval
@@ -300,6 +336,9 @@ def quantize_pt2e(
         quantizer = quantizer if quantizer is not None else xnnpack_quantizer()
         captured = torch.export.export(module.eval(), args, strict=False).module()
         keep = high_gain_convolutions(captured, max_weight_gain) if max_weight_gain else {}
+        if float_prelu_affines:
+            for name, why in affines_before_prelu(captured).items():
+                keep.setdefault(name, why)
         prefixes = tuple(p.rstrip(".") for p in fp32_layers)
         for node in captured.graph.nodes:
             path = module_path(node)
@@ -536,6 +575,62 @@ def _partitioner(delegate: str, precision: str, options: dict[str, Any]) -> tupl
     raise ConversionError(f"unknown ExecuTorch delegate {delegate!r}; valid delegates: {', '.join(DELEGATES)}")
 
 
+#: Hex digits of the names under which XNNPACK stores constants in the ``.pte`` (its own: all 64 of a sha256).
+CONSTANT_KEY_HEX_DIGITS = 16
+#: Alignment of the ``.pte`` data segments for XNNPACK programs: the 16 bytes XNNPACK aligns its constants to
+#: (ExecuTorch's default is 128).
+XNNPACK_SEGMENT_ALIGNMENT = 16
+
+
+class _ShortConstantKeys:
+    """Stands in for ``hashlib`` in XNNPACK's node visitor so constants get 16-digit names, not 64.
+
+    Each constant's name is stored twice (in the XNNPACK graph and in the
+    program's named-data table): with ESPNetv2 int8's 515 constants the full
+    names are 69 KB of a 1.25 MB file. Names only need to tell different
+    bytes apart; a shortened name that would clash with another constant's
+    keeps its full digest, so equal names still mean equal bytes.
+    """
+
+    class _Digest:
+        def __init__(self, text: str) -> None:
+            self._text = text
+
+        def hexdigest(self) -> str:
+            return self._text
+
+    def __init__(self) -> None:
+        self.owner: dict[str, str] = {}
+        self.kept_full = 0
+
+    def sha256(self, data: bytes) -> _Digest:
+        import hashlib
+
+        digest = hashlib.sha256(data).hexdigest()
+        short = digest[:CONSTANT_KEY_HEX_DIGITS]
+        if self.owner.setdefault(short, digest) != digest:
+            self.kept_full += 1
+            return self._Digest(digest)
+        return self._Digest(short)
+
+
+@contextlib.contextmanager
+def _short_constant_keys(enabled: bool) -> Iterator[_ShortConstantKeys | None]:
+    """While lowering to XNNPACK, name constants with :class:`_ShortConstantKeys`."""
+    if not enabled:
+        yield None
+        return
+    from executorch.backends.xnnpack.operators import node_visitor
+
+    keys = _ShortConstantKeys()
+    saved = node_visitor.hashlib
+    node_visitor.hashlib = keys
+    try:
+        yield keys
+    finally:
+        node_visitor.hashlib = saved
+
+
 def lower(
     module: torch.nn.Module,
     example_input: torch.Tensor,
@@ -549,7 +644,7 @@ def lower(
     """Export, (quantize,) partition and lower ``module`` to an ExecuTorch program in memory."""
     _check_target(delegate, precision)
     _require_executorch()
-    from executorch.exir import to_edge_transform_and_lower
+    from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
 
     options = dict(options or {})
     module = module.eval()
@@ -571,6 +666,7 @@ def lower(
                 max_weight_gain=options.get(
                     "int8_max_weight_gain", DEFAULT_MAX_WEIGHT_GAIN if delegate == "xnnpack" else None
                 ),
+                float_prelu_affines=options.get("int8_float_prelu_affines", delegate == "xnnpack"),
             )
             report["quantization"] = {
                 **qinfo,
@@ -589,16 +685,21 @@ def lower(
     partitioner, loggers, compute_units = _partitioner(delegate, precision, options)
     t0 = time.perf_counter()
     try:
-        with _capture_rejections(loggers) as rejections:
+        xnnpack = delegate == "xnnpack"
+        with _capture_rejections(loggers) as rejections, _short_constant_keys(xnnpack) as keys:
             edge = to_edge_transform_and_lower(exported, partitioner=[partitioner])
         # Count before to_executorch(): it rewrites the edge graph in place (out variants, allocs).
         delegation = delegation_report(edge)
-        et_program = edge.to_executorch()
+        config = ExecutorchBackendConfig(segment_alignment=XNNPACK_SEGMENT_ALIGNMENT) if xnnpack \
+            else ExecutorchBackendConfig()
+        et_program = edge.to_executorch(config)
     except ConversionError:
         raise
     except Exception as exc:
         raise ConversionError(f"ExecuTorch {delegate} delegate cannot lower this graph here: {exc}") from exc
     report["lower_seconds"] = round(time.perf_counter() - t0, 3)
+    if keys is not None:
+        report["constant_keys"] = {"hex_digits": CONSTANT_KEY_HEX_DIGITS, "kept_full_digest": keys.kept_full}
 
     delegation["rejections"] = {
         n: rejections.reasons.get(n, f"{op}: not claimed by the partitioner (unsupported op or pattern)")
@@ -631,7 +732,9 @@ def convert(req: ConversionRequest) -> ConversionResult:
     * int8 post-training quantization: ``int8_fp32_layers`` (module paths
       kept in fp32) and ``int8_max_weight_gain`` (default
       :data:`DEFAULT_MAX_WEIGHT_GAIN` for XNNPACK; ``None`` disables the
-      automatic fp32 fallback of :func:`high_gain_convolutions`);
+      automatic fp32 fallback of :func:`high_gain_convolutions`) and
+      ``int8_float_prelu_affines`` (default True for XNNPACK: the affines of
+      :func:`affines_before_prelu` stay fp32);
     * Core ML only: ``compute_unit`` (ALL | CPU_ONLY | CPU_AND_GPU |
       CPU_AND_NE) and ``minimum_deployment_target`` (default iOS17).
     """

@@ -453,15 +453,16 @@ def fp32_nodes(captured: torch.fx.GraphModule, backend: str) -> list[str]:
     XNNPACK's converter leaves convolutions with effective weight gains above
     :data:`converters.executorch.DEFAULT_MAX_WEIGHT_GAIN` in float (BatchNorms
     with collapsed variance make ESPNetv2's decoder amplify int8 rounding
-    several hundred times). The LiteRT converter does the same after post-training
-    calibration, but its QAT quantizer has no per-node filter, so a TFLite QAT graph
+    several hundred times), and the per-channel affines in front of a PReLU
+    (which XNNPACK runs in fp32). The LiteRT converter also keeps high-gain convs in
+    float after post-training calibration, but its QAT quantizer has no per-node filter, so a TFLite QAT graph
     trains every conv in int8 and the converter keeps it so; Core ML quantizes everything.
     """
     if backend != "xnnpack":
         return []
-    from converters.executorch import DEFAULT_MAX_WEIGHT_GAIN, high_gain_convolutions
+    from converters.executorch import DEFAULT_MAX_WEIGHT_GAIN, affines_before_prelu, high_gain_convolutions
 
-    return sorted(high_gain_convolutions(captured, DEFAULT_MAX_WEIGHT_GAIN))
+    return sorted(set(high_gain_convolutions(captured, DEFAULT_MAX_WEIGHT_GAIN)) | set(affines_before_prelu(captured)))
 
 
 def prepare_qat(model: nn.Module, entry: Any, backend: str, height: int, width: int,

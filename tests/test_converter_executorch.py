@@ -318,6 +318,95 @@ def test_high_gain_convolutions_finds_collapsed_batchnorm() -> None:
     assert cx.high_gain_convolutions(gm, 1e6) == {}
 
 
+class _ConcatBatchNormPReLU(nn.Module):
+    """ESPNetv2's EESP tail at toy size: concat -> BatchNorm as a depth-wise 1x1 conv -> PReLU -> conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from espnet_mobile.deploy import batchnorm_as_conv
+
+        g = torch.Generator().manual_seed(3)
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 8, 3, padding=2, dilation=2)
+        bn = nn.BatchNorm2d(16).eval()
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 2.0, generator=g)
+            bn.bias.uniform_(-0.3, 0.3, generator=g)
+            bn.running_var.uniform_(0.2, 2.0, generator=g)
+        self.bn = batchnorm_as_conv(bn)
+        self.act = nn.PReLU(16)
+        self.head = nn.Conv2d(16, 4, 1)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.bn(torch.cat([self.a(x), self.b(x)], dim=1))))
+
+
+def test_affines_before_prelu_finds_the_batchnorm_conv_only() -> None:
+    gm = torch.export.export(_ConcatBatchNormPReLU(), (torch.rand(1, 3, 16, 16),), strict=False).module()
+    found = cx.affines_before_prelu(gm)
+    assert [v["module"] for v in found.values()] == ["bn"]
+    assert cx.affines_before_prelu(torch.export.export(
+        ToyDeployNet(), (torch.rand(1, 3, H, W),), strict=False).module()) == {}  # no such affine there
+
+
+def test_int8_affine_before_prelu_stays_fp32_and_the_file_shrinks(tmp_path) -> None:
+    net = _ConcatBatchNormPReLU()
+    images = smooth_images(9, seed=8)
+    results = {}
+    for keep in (True, False):
+        req = ConversionRequest(module=net, example_input=images[0], precision="int8",
+                                out_path=tmp_path / f"keep_{keep}.pte", calibration=images[1:],
+                                options={"int8_float_prelu_affines": keep})
+        results[keep] = cx.convert(req)
+    kept = results[True].report["quantization"]["fp32_nodes"]
+    assert [v["module"] for v in kept.values()] == ["bn"]
+    assert results[False].report["quantization"]["fp32_nodes"] == {}
+
+    def per_channel_weights(result) -> int:
+        return result.report["delegation"]["ops"]["quantized_decomposed.dequantize_per_channel.default"]["delegated"]
+
+    assert per_channel_weights(results[True]) == per_channel_weights(results[False]) - 1
+    # 16 channels: int8 weight + int32 bias + two fp32 scales (13 B) became two fp32 values (8 B),
+    # and two of the four named constants went away.
+    assert results[True].report["pte_bytes"] < results[False].report["pte_bytes"] - 16 * 5
+    with torch.no_grad():
+        ref = net(images[0])
+    for result in results.values():
+        out = cx.run_pte(result.path, images[0])
+        assert float((out - ref).abs().max()) < 0.1 * float(ref.abs().max())
+
+
+def _named_constant_keys(path) -> list[str]:
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    return list(deserialize_pte_binary(path.read_bytes()).named_data.pte_data)
+
+
+def test_xnnpack_constants_get_short_names_and_the_same_outputs(toy, example, fp32_result, tmp_path,
+                                                                monkeypatch) -> None:
+    keys = _named_constant_keys(fp32_result.path)
+    assert keys and all(len(k.removeprefix("scale_")) == cx.CONSTANT_KEY_HEX_DIGITS for k in keys)
+    assert fp32_result.report["constant_keys"] == {"hex_digits": cx.CONSTANT_KEY_HEX_DIGITS, "kept_full_digest": 0}
+    expected = cx.run_pte(fp32_result.path, example)
+
+    # sha256's full 64 digits, as XNNPACK names them itself: a larger file, the same program
+    monkeypatch.setattr(cx, "CONSTANT_KEY_HEX_DIGITS", 64)
+    full = cx.convert(ConversionRequest(module=toy, example_input=example, precision="fp32",
+                                        out_path=tmp_path / "full.pte"))
+    assert full.report["pte_bytes"] - fp32_result.report["pte_bytes"] >= len(keys) * (64 - 16) * 2 - 16 * len(keys)
+    assert torch.equal(cx.run_pte(full.path, example), expected)
+
+    # One digit: names clash, and each clashing constant keeps its full digest instead
+    monkeypatch.setattr(cx, "CONSTANT_KEY_HEX_DIGITS", 1)
+    clashing = cx.convert(ConversionRequest(module=toy, example_input=example, precision="fp32",
+                                            out_path=tmp_path / "clash.pte"))
+    assert clashing.report["constant_keys"]["kept_full_digest"] > 0
+    names = _named_constant_keys(clashing.path)
+    assert len(names) == len(keys) and {len(k) for k in names} == {1, 64}
+    assert torch.equal(cx.run_pte(clashing.path, example), expected)
+
+
 @pytest.mark.slow
 def test_int8_from_qat_module(toy, example, tmp_path) -> None:
     from torchao.quantization.pt2e import move_exported_model_to_eval
