@@ -35,8 +35,12 @@ def quiet_third_party() -> None:
     if os.environ.get(VERBOSE_ENV):
         return
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
-    # A root handler at WARNING makes later logging.basicConfig(level=INFO) calls of libraries no-ops.
+    # A root handler at WARNING makes later logging.basicConfig(level=INFO) calls of libraries no-ops;
+    # the handler's own level holds when a library sets the root logger to INFO (ExecuTorch's Vulkan
+    # modules do at import).
     logging.basicConfig(level=logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)
     for name in ("torchao", "coremltools"):  # import-time notices about libraries Linux does not have
         logging.getLogger(name).setLevel(logging.ERROR)
 

@@ -179,3 +179,16 @@ def test_killed_conversion_leaves_previous_bundle_intact(tflite_bundle, random_w
     assert manifest["artifacts"] and json.loads(before)["model_id"] == manifest["model_id"]
     leftovers = [p.name for p in (out / MODEL).iterdir() if p.name.startswith(".")]
     assert all(p.startswith(".") for p in leftovers)  # only hidden temporaries, never a half artifact
+
+
+def test_console_keeps_library_info_records_out_even_when_a_library_sets_root_to_info() -> None:
+    # ExecuTorch's Vulkan modules call logging.getLogger("").setLevel(logging.INFO) at import.
+    code = ("import logging; from espnet_mobile.errors import quiet_third_party; quiet_third_party(); "
+            "logging.getLogger('').setLevel(logging.INFO); logging.info('partitioner chatter'); "
+            "logging.warning('a real warning')")
+    env = {k: v for k, v in os.environ.items() if k != "ESPNET_MOBILE_VERBOSE"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert "a real warning" in done.stderr
+    assert "partitioner chatter" not in done.stderr
