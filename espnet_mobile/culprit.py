@@ -679,13 +679,42 @@ def locate_coreml(path: Path, deployable: nn.Module, x: np.ndarray, threshold: f
 # --------------------------------------------------------------------------- ExecuTorch
 
 
+#: Bytes of the ETDump debug buffer (output tensors of the logged events).
+ETDUMP_DEBUG_BUFFER_BYTES = 256 << 20
+
+
+def run_in_child(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a fresh process; a native abort there becomes a RuntimeError here.
+
+    The ExecuTorch runtime asserts (and so aborts the process) when an ETDump
+    debug buffer fills up; run in-process, that ended the whole parity run.
+    """
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            return pool.submit(fn, *args).result()
+        except concurrent.futures.process.BrokenProcessPool:
+            raise RuntimeError(f"{getattr(fn, '__name__', fn)} ended its process abnormally "
+                               "(a native abort or crash in the runtime)") from None
+
+
 def etdump_summary(path: Path, x: np.ndarray) -> dict[str, Any]:
-    """What the artifact's own ETDump exposes: operator events, and how many carry output tensors."""
+    """What the artifact's own ETDump exposes: operator events, and how many carry output tensors.
+
+    Runs in a child process (:func:`run_in_child`).
+    """
+    return run_in_child(_etdump_summary_here, Path(path), x)
+
+
+def _etdump_summary_here(path: Path, x: np.ndarray) -> dict[str, Any]:
     from executorch.devtools import Inspector
     from executorch.runtime import Runtime
 
     with tempfile.TemporaryDirectory() as tmp:
-        program = Runtime.get().load_program(Path(path), enable_etdump=True, debug_buffer_size=64 << 20)
+        program = Runtime.get().load_program(Path(path), enable_etdump=True,
+                                             debug_buffer_size=ETDUMP_DEBUG_BUFFER_BYTES)
         method = program.load_method("forward")
         method.execute([torch.from_numpy(x)])
         etdump, buffer = Path(tmp) / "run.etdp", Path(tmp) / "run.bin"

@@ -295,3 +295,15 @@ def test_executorch_culprit_via_numeric_gap(perturbed) -> None:
     assert c["reproduced"] is False
     assert any("XNNPACK delegation hides the intermediates" in n for n in c["notes"])
     assert c["compared"] > 20  # every op of the per-op program paired with the exported graph
+
+
+def test_run_in_child_returns_the_result_and_survives_a_native_abort() -> None:
+    import math
+    import os
+
+    from espnet_mobile.culprit import run_in_child
+
+    assert run_in_child(math.sqrt, 6.25) == 2.5
+    # The ExecuTorch runtime aborts when an ETDump buffer fills; in the child that is an error, not our end.
+    with pytest.raises(RuntimeError, match="abort ended its process abnormally"):
+        run_in_child(os.abort)
