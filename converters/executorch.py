@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -54,12 +55,12 @@ DELEGATE_PRECISIONS: dict[str, tuple[str, ...]] = {
 }
 DELEGATES = tuple(DELEGATE_PRECISIONS)
 
-#: Name the ExecuTorch runtime registers each delegate's backend under.
 #: Bumped whenever this module writes a different file for the same request, so
 #: ``espnet_mobile.convert`` rebuilds cached artifacts (2: XNNPACK constants under
 #: 16-digit names, 16-byte segments, int8 affines before a PReLU in fp32).
 WRITER_VERSION = 2
 
+#: Name the ExecuTorch runtime registers each delegate's backend under.
 BACKEND_IDS = {"xnnpack": "XnnpackBackend", "coreml": "CoreMLBackend", "vulkan": "VulkanBackend"}
 
 COMPUTE_UNITS = {"xnnpack": ["CPU"], "vulkan": ["GPU"]}
@@ -219,6 +220,20 @@ def _coreml_quantizer() -> Any:
 _CONV_OPS = (torch.ops.aten.conv2d.default, torch.ops.aten.conv1d.default, torch.ops.aten.convolution.default)
 
 
+def _graph_constants(gm: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
+    """Parameters and buffers of a captured graph by name, what its ``get_attr`` nodes read."""
+    tensors = dict(gm.named_parameters())
+    tensors.update(dict(gm.named_buffers()))
+    return tensors
+
+
+def _constant(tensors: dict[str, torch.Tensor], arg: Any) -> torch.Tensor | None:
+    """The tensor a node argument reads when it is a ``get_attr`` of the graph, else None."""
+    if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
+        return tensors.get(str(arg.target))
+    return None
+
+
 def high_gain_convolutions(gm: torch.fx.GraphModule, max_gain: float) -> dict[str, dict[str, Any]]:
     """Convolutions of a captured graph whose effective weights are too large for int8 activations.
 
@@ -231,19 +246,12 @@ def high_gain_convolutions(gm: torch.fx.GraphModule, max_gain: float) -> dict[st
     int8 turns them into noise. Returns ``{node name: {"module", "gain"}}``
     for gains above ``max_gain``.
     """
-    tensors = dict(gm.named_parameters())
-    tensors.update(dict(gm.named_buffers()))
-
-    def const(arg: Any) -> torch.Tensor | None:
-        if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
-            return tensors.get(str(arg.target))
-        return None
-
+    tensors = _graph_constants(gm)
     found: dict[str, dict[str, Any]] = {}
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.target not in _CONV_OPS:
             continue
-        weight = const(node.args[1])
+        weight = _constant(tensors, node.args[1])
         if weight is None:
             continue
         gain = weight.detach().flatten(1).norm(dim=1)
@@ -253,7 +261,7 @@ def high_gain_convolutions(gm: torch.fx.GraphModule, max_gain: float) -> dict[st
             torch.ops.aten._native_batch_norm_legit_no_training.default,
         ):
             bn = users[0]
-            gamma, var = const(bn.args[1]), const(bn.args[4])
+            gamma, var = _constant(tensors, bn.args[1]), _constant(tensors, bn.args[4])
             eps = bn.args[7] if bn.target == torch.ops.aten.batch_norm.default else bn.args[6]
             if gamma is not None and var is not None and gain.numel() == gamma.numel():
                 gain = gain * gamma.detach().abs() / (var.detach() + eps).sqrt()
@@ -273,14 +281,12 @@ def affines_before_prelu(gm: torch.fx.GraphModule) -> dict[str, dict[str, Any]]:
     fp32 values). Kept in fp32 it runs inside the PReLU's float island.
     Returns ``{node name: {"module", "reason"}}``.
     """
-    params = dict(gm.named_parameters())
-    params.update(dict(gm.named_buffers()))
+    tensors = _graph_constants(gm)
     found: dict[str, dict[str, Any]] = {}
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.target != torch.ops.aten.conv2d.default:
             continue
-        weight = node.args[1]
-        w = params.get(str(weight.target)) if isinstance(weight, torch.fx.Node) and weight.op == "get_attr" else None
+        w = _constant(tensors, node.args[1])
         groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
         users = list(node.users)
         if w is None or w.dim() != 4 or tuple(w.shape[1:]) != (1, 1, 1) or groups != w.shape[0]:
@@ -289,6 +295,19 @@ def affines_before_prelu(gm: torch.fx.GraphModule) -> dict[str, dict[str, Any]]:
             found[node.name] = {"module": module_path(node), "reason": "per-channel affine before an fp32 PReLU"}
     return found
 
+
+def automatic_fp32_nodes(gm: torch.fx.GraphModule, max_weight_gain: float | None,
+                         prelu_affines: bool) -> dict[str, dict[str, Any]]:
+    """The nodes post-training int8 keeps in fp32 without being asked (QAT graphs keep the same ones).
+
+    Convolutions above ``max_weight_gain`` (:func:`high_gain_convolutions`;
+    None: none) and, with ``prelu_affines``, :func:`affines_before_prelu`.
+    """
+    keep = high_gain_convolutions(gm, max_weight_gain) if max_weight_gain else {}
+    if prelu_affines:
+        for name, why in affines_before_prelu(gm).items():
+            keep.setdefault(name, why)
+    return keep
 
 
 def quantize_pt2e(
@@ -335,10 +354,7 @@ def quantize_pt2e(
         batches = calibration_batches(calibration, example_input)
         quantizer = quantizer if quantizer is not None else xnnpack_quantizer()
         captured = torch.export.export(module.eval(), args, strict=False).module()
-        keep = high_gain_convolutions(captured, max_weight_gain) if max_weight_gain else {}
-        if float_prelu_affines:
-            for name, why in affines_before_prelu(captured).items():
-                keep.setdefault(name, why)
+        keep = automatic_fp32_nodes(captured, max_weight_gain, float_prelu_affines)
         prefixes = tuple(p.rstrip(".") for p in fp32_layers)
         for node in captured.graph.nodes:
             path = module_path(node)
@@ -604,8 +620,6 @@ class _ShortConstantKeys:
         self.kept_full = 0
 
     def sha256(self, data: bytes) -> _Digest:
-        import hashlib
-
         digest = hashlib.sha256(data).hexdigest()
         short = digest[:CONSTANT_KEY_HEX_DIGITS]
         if self.owner.setdefault(short, digest) != digest:

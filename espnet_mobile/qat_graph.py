@@ -460,9 +460,9 @@ def fp32_nodes(captured: torch.fx.GraphModule, backend: str) -> list[str]:
     """
     if backend != "xnnpack":
         return []
-    from converters.executorch import DEFAULT_MAX_WEIGHT_GAIN, affines_before_prelu, high_gain_convolutions
+    from converters.executorch import DEFAULT_MAX_WEIGHT_GAIN, automatic_fp32_nodes
 
-    return sorted(set(high_gain_convolutions(captured, DEFAULT_MAX_WEIGHT_GAIN)) | set(affines_before_prelu(captured)))
+    return sorted(automatic_fp32_nodes(captured, DEFAULT_MAX_WEIGHT_GAIN, prelu_affines=True))
 
 
 def prepare_qat(model: nn.Module, entry: Any, backend: str, height: int, width: int,
