@@ -365,6 +365,27 @@ def test_quantizer_rewrites_are_exact(net, example):
     assert not any(k in t for t in targets for k in ("prelu", "batch_norm"))
 
 
+def test_prelu_slopes_of_narrow_tensors_are_tiled_along_the_width():
+    class TwoPReLUs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.narrow, self.wide = nn.PReLU(8), nn.PReLU(tflite.PRELU_TILE_MAX_CHANNELS)
+            for m in (self.narrow, self.wide):
+                m.weight.data.uniform_(-0.3, 0.6)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.wide(self.narrow(x).repeat(1, tflite.PRELU_TILE_MAX_CHANNELS // 8, 1, 1))
+
+    x = torch.randn(1, 8, 6, 10)
+    gm = torch.export.export(TwoPReLUs().eval(), (x,), strict=False).module()
+    ref = gm(x)
+    assert tflite._decompose_prelu(gm) == 2
+    slopes = sorted(tuple(b.shape) for name, b in gm.named_buffers() if name.startswith("_prelu_slope_"))
+    # NCHW [1, C, 1, W] is NHWC [1, 1, W, C]: one contiguous run per image row instead of per pixel.
+    assert slopes == [(1, 8, 1, 10), (1, tflite.PRELU_TILE_MAX_CHANNELS, 1, 1)]
+    torch.testing.assert_close(gm(x), ref, rtol=1e-6, atol=1e-6)
+
+
 class HighGainNet(nn.Module):
     """A depth-wise conv whose BatchNorm has a near-zero running variance (gain > 100), between PReLUs.
 
@@ -413,6 +434,13 @@ def test_quantizer_keeps_high_gain_convs_and_their_prelus_in_float(example):
     assert all("quantize" not in str(u.target) for u in amplify.users)
     gm_int8, islands_int8 = converted[None]
     assert islands_int8 == {}
+
+    def slope_shapes(module: torch.fx.GraphModule) -> list[tuple[int, ...]]:
+        return sorted(tuple(b.shape) for name, b in module.named_buffers() if name.startswith("_prelu_slope_"))
+
+    # Width-tiled slopes (an int8 kernel's need) go back to one value per channel in float PReLUs.
+    assert slope_shapes(gm) == [(1, 8, 1, 1)] * 2
+    assert slope_shapes(gm_int8) == [(1, 8, 1, SIZE)] * 2
     convs = [n for n in gm_int8.graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.conv2d.default]
     assert all("dequantize" in str(c.args[1].target) for c in convs)
 
