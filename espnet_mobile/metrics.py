@@ -29,6 +29,18 @@ def miou(conf: np.ndarray) -> float:
     return float(np.nanmean(ious) * 100.0) if np.any(~np.isnan(ious)) else float("nan")
 
 
+def miou_labelled(conf: np.ndarray) -> float:
+    """Mean IoU over the classes the labels contain, in percent.
+
+    A class only predicted (absent from the labels) has no IoU worth averaging on a small split:
+    a few stray pixels of it would score 0 and move the mean by 1/classes. Its pixels still count,
+    as misses of the labelled classes they were taken from.
+    """
+    ious = iou_per_class(conf)
+    labelled = conf.sum(1) > 0
+    return float(np.mean(ious[labelled]) * 100.0) if np.any(labelled) else float("nan")
+
+
 def pixel_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a == b))
 

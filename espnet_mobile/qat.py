@@ -3,7 +3,7 @@
     python -m espnet_mobile.qat --model ID --backend {xnnpack,coreml,tflite} --data SPEC
         [--steps N | --epochs N] [--fp32-steps N] [--batch-size B] [--lr LR] [--out DIR]
         [--resume] [--seed S] [--weights PATH] [--input-size HxW] [--eval-every K]
-        [--checkpoint-every N] [--artifact-eval {all,final,none}] [--threads T]
+        [--checkpoint-every N] [--artifact-eval {all,final,none}] [--threads T] [--max-trained-gain G]
 
     torchrun --nproc_per_node=2 -m espnet_mobile.qat ...      # DDP: gloo on CPU, NCCL on GPUs
 
@@ -22,7 +22,13 @@ quantization would choose (histogram search on the calibration inputs) and by
 default keeps them, and the weights' ranges, fixed (``--observer-freeze 0``);
 BatchNorm statistics freeze after 70% of the steps. Adam (QAT learning rate
 1e-5: at 1e-4 a 10-step run drifted to 66 mIoU against its own teacher),
-cosine learning-rate decay.
+cosine learning-rate decay; layers whose gain exceeds ``--max-trained-gain``
+(BatchNorms with collapsed variance, see ``qat_graph.high_gain_parameters``)
+are not trained.
+
+Scores: mIoU over the classes present in the held-out labels and pixel
+accuracy (:func:`espnet_mobile.qat_eval.scores`); ``*_miou_all`` in
+``metrics.json`` also averages classes that are only predicted.
 
 Loss: cross-entropy on labels (255 ignored); for ``distill:`` cross-entropy on
 the teacher's argmax plus KL divergence on temperature-softened logits (T=2).
@@ -65,6 +71,9 @@ OBSERVER_FREEZE = 0.0
 BN_FREEZE = 0.7
 TEMPERATURE = 2.0
 KD_WEIGHT = 1.0
+#: Layers (BatchNorm, and the conv before it) whose gain exceeds this are not trained in QAT
+#: (qat_graph.high_gain_parameters); the same threshold keeps convs in float in the converters.
+MAX_TRAINED_GAIN = 100.0
 MAX_EVALS_PER_PHASE = 10
 #: |mIoU(torchrun, 2 processes) - mIoU(1 process)| allowed by tests/test_qat.py, in points. Both see the
 #: same samples, average the same gradient and synchronize observer ranges after every forward
@@ -107,6 +116,7 @@ class RunConfig:
     eval_every: int | None = None
     eval_limit: int | None = 200
     calibration_images: int = CALIBRATION_IMAGES
+    max_trained_gain: float = MAX_TRAINED_GAIN  # 0: train every parameter
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -169,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=None, help=f"distillation temperature (default {TEMPERATURE})")
     p.add_argument("--kd-weight", type=float, default=None,
                    help=f"weight of the distillation KL term (default {KD_WEIGHT})")
+    p.add_argument("--max-trained-gain", type=float, default=None,
+                   help=f"do not train BatchNorms (and their convs) whose gain exceeds this (default "
+                        f"{MAX_TRAINED_GAIN:g}; 0 trains every parameter)")
     p.add_argument("--eval-limit", type=int, default=200, help="held-out images of a labelled dataset")
     p.add_argument("--calibration-images", type=int, default=None,
                    help=f"training images (each also flipped) calibrating the PTQ baseline and the pyramid "
@@ -182,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: Options compared with the checkpoint on --resume when given (argparse default None = not given).
 CONFIG_OPTIONS = ("data", "input_size", "steps", "epochs", "fp32_steps", "batch_size", "lr", "fp32_lr", "seed",
                   "weights", "observer_freeze", "bn_freeze", "temperature", "kd_weight", "eval_every",
-                  "calibration_images")
+                  "calibration_images", "max_trained_gain")
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
@@ -195,6 +208,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
                             f"got {value}")
     if args.epochs is not None and args.epochs <= 0:
         raise UserError(f"--epochs must be positive, got {args.epochs}")
+    if args.max_trained_gain is not None and args.max_trained_gain < 0:
+        raise UserError(f"--max-trained-gain must be >= 0 (0 trains every parameter), got {args.max_trained_gain}")
     for name in ("lr", "fp32_lr", "temperature"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
@@ -653,6 +668,7 @@ class Run:
                  f"({len(calibration)} calibration inputs, {time.perf_counter() - start:.0f} s)")
         return {"fp32_miou": fp32["miou"], "ptq_int8_miou": ptq["miou"],
                 "fp32_pixel_acc": fp32["pixel_acc"], "ptq_int8_pixel_acc": ptq["pixel_acc"],
+                "fp32_miou_all": fp32["miou_all"], "ptq_int8_miou_all": ptq["miou_all"],
                 "ptq_artifact": artifact,
                 "ptq_int8_from": "simulated" if artifact is None else "artifact",
                 "calibration_inputs": len(calibration)}
@@ -676,6 +692,7 @@ class Run:
                                   qat_module=gm)
             artifact = E.artifact_scores(cfg.backend, path, x, y, self.entry.num_classes) or {}
             record["int8_miou"] = artifact.get("miou")
+            record["int8_miou_all"] = artifact.get("miou_all")
             record["int8_pixel_acc"] = artifact.get("pixel_acc")
             record["artifact"] = info
             record["int8_from"] = "artifact"
@@ -683,6 +700,7 @@ class Run:
             # Core ML (no runtime here) or no artifact asked for: the fake-quant score, which equals the
             # PT2E-converted graph's (see qat_eval); metrics.json says which.
             record["int8_miou"] = record["fake_quant_miou"]
+            record["int8_miou_all"] = record["fake_quant_miou_all"]
             record["int8_pixel_acc"] = record["fake_quant_pixel_acc"]
             record["int8_from"] = "fake-quant"
         if final and cfg.backend == "coreml":
@@ -723,6 +741,16 @@ class Run:
             ranges = G.calibrate_activation_ranges(gm, calibration)
             self.log(f"activation ranges: {ranges} set from {len(calibration)} calibration inputs by histogram "
                      f"search, as post-training quantization does ({time.perf_counter() - t_cal:.0f} s)")
+        if resuming:
+            frozen = list(ckpt["qat_graph"].get("frozen", []))
+        else:
+            gains = G.high_gain_parameters(gm, cfg.max_trained_gain) if cfg.max_trained_gain else {}
+            frozen = sorted(gains)
+            if gains:
+                self.log(f"not trained: {len(gains)} parameters of layers with gain above {cfg.max_trained_gain:g} "
+                         f"(up to {max(gains.values()):.0f})")
+        G.freeze_parameters(gm, frozen)
+        qat_graph["frozen"] = frozen
         gm.to(dist.device)
         self._schedule(gm, start)
         params = [p for _, p in G.trainable_parameters(gm)]
@@ -804,6 +832,12 @@ class Run:
             "gap_closed": _gap_closed(fp32, ptq, qat),
             "fp32_pixel_acc": acc["fp32"], "ptq_int8_pixel_acc": acc["ptq"], "qat_int8_pixel_acc": acc["qat"],
             "gap_closed_pixel_acc": _gap_closed(acc["fp32"], acc["ptq"], acc["qat"]),
+            "miou_classes": "classes present in the held-out labels (metrics.miou_labelled); the *_miou_all "
+                            "figures also average classes only predicted, at IoU 0",
+            "fp32_miou_all": baselines.get("fp32_miou_all"), "ptq_int8_miou_all": baselines.get("ptq_int8_miou_all"),
+            "qat_int8_miou_all": final.get("int8_miou_all"),
+            "gap_closed_miou_all": _gap_closed(baselines.get("fp32_miou_all"), baselines.get("ptq_int8_miou_all"),
+                                               final.get("int8_miou_all")),
             "int8_source": INT8_SOURCE[cfg.backend] if final.get("int8_from") == "artifact" or cfg.backend == "coreml"
             else ("simulated: PTQ as a PT2E quantize/dequantize graph in PyTorch, QAT as its fake-quantized "
                   "graph (identical to its PT2E conversion); artifact evaluation was turned off"),
@@ -884,7 +918,8 @@ def main(argv: list[str] | None = None) -> int:
             if dist.main:
                 print(json.dumps({k: metrics[k] for k in ("fp32_miou", "ptq_int8_miou", "qat_int8_miou",
                                                           "gap_closed", "ptq_int8_pixel_acc", "qat_int8_pixel_acc",
-                                                          "gap_closed_pixel_acc", "wall_seconds")}))
+                                                          "gap_closed_pixel_acc", "gap_closed_miou_all",
+                                                          "wall_seconds")}))
                 print(f"metrics: {run.out / METRICS_NAME}\nconvert: {metrics['convert_command']}")
         finally:
             if dist.enabled and torch.distributed.is_initialized():

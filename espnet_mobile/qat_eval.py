@@ -61,16 +61,19 @@ def predict_one_by_one(fn: Callable[[torch.Tensor], torch.Tensor], inputs: np.nd
 def scores(masks: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
     """mIoU and pixel accuracy (both in percent) of argmax masks against labels, over scored pixels.
 
-    Pixel accuracy is reported next to mIoU because on a small held-out split mIoU swings with a
-    few pixels of a rare class (a class predicted where the labels have none scores IoU 0), while
-    pixel accuracy moves with the share of pixels that changed.
+    ``miou`` averages the classes present in the labels (:func:`metrics.miou_labelled`).
+    ``miou_all`` also averages classes only predicted, each at IoU 0: on the 24 held-out crops of
+    ``distill:`` 931 stray pixels of two such classes (0.06% of the pixels) cost ESPNetv2's PTQ
+    int8 20 points of it, so it measures stray pixels more than the quantization gap. Pixel
+    accuracy moves with the share of pixels that changed.
     """
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     for m, t in zip(masks, labels, strict=True):
         conf += metrics.confusion(m, t, num_classes)
     total = conf.sum()
     accuracy = float(np.trace(conf) / total * 100.0) if total else float("nan")
-    return {"miou": round(metrics.miou(conf), 4), "pixel_acc": round(accuracy, 4)}
+    return {"miou": round(metrics.miou_labelled(conf), 4), "miou_all": round(metrics.miou(conf), 4),
+            "pixel_acc": round(accuracy, 4)}
 
 
 def qat_scores(gm: torch.fx.GraphModule, inputs: np.ndarray, labels: np.ndarray,
@@ -81,7 +84,8 @@ def qat_scores(gm: torch.fx.GraphModule, inputs: np.ndarray, labels: np.ndarray,
     with G.inference_mode(gm, fake_quant=True):
         fq = scores(predict(gm, inputs), labels, num_classes)
     return {"fp32_miou": fp32["miou"], "fake_quant_miou": fq["miou"],
-            "fp32_pixel_acc": fp32["pixel_acc"], "fake_quant_pixel_acc": fq["pixel_acc"]}
+            "fp32_pixel_acc": fp32["pixel_acc"], "fake_quant_pixel_acc": fq["pixel_acc"],
+            "fp32_miou_all": fp32["miou_all"], "fake_quant_miou_all": fq["miou_all"]}
 
 
 # --------------------------------------------------------------------------- artifacts

@@ -619,6 +619,68 @@ def fold_batchnorms(gm: torch.fx.GraphModule) -> int:
     return count
 
 
+def _conv_weight_of(bn: torch.fx.Node) -> tuple[torch.fx.Node | None, torch.fx.Node | None]:
+    """(weight, bias) get_attr nodes of the conv in front of a BatchNorm in the PT2E QAT conv-BN
+    pattern (see :func:`fold_batchnorms`); (None, None) for a BatchNorm without one."""
+    aten = torch.ops.aten
+    y, bias = bn.args[0], None
+    if _is_call(y, aten.add.Tensor) and _is_call(y.args[0], aten.div.Tensor):
+        bias, y = y.args[1], y.args[0]
+        if _is_call(bias, aten.reshape.default):
+            bias = bias.args[0]
+    if not (_is_call(y, aten.div.Tensor) and _is_call(y.args[0], aten.conv2d.default)):
+        return None, None
+    fq = y.args[0].args[1]
+    scaled = fq.args[0] if isinstance(fq, torch.fx.Node) and fq.op == "call_module" else fq
+    if not _is_call(scaled, aten.mul.Tensor):
+        return None, None
+    weight = scaled.args[0]
+    bias = bias if isinstance(bias, torch.fx.Node) and bias.op == "get_attr" else None
+    return (weight if isinstance(weight, torch.fx.Node) and weight.op == "get_attr" else None), bias
+
+
+def high_gain_parameters(gm: torch.fx.GraphModule, max_gain: float) -> dict[str, float]:
+    """Parameters of BatchNorms (and the convs before them) whose gain exceeds ``max_gain``.
+
+    The gain of output channel ``c`` is ``|gamma_c| / sqrt(var_c + eps)`` times the L2 norm of
+    the conv's channel-``c`` weights (1 without a conv): the factor by which the layer scales a
+    change of its weights. Adam moves every weight by about the learning rate per step, so in a
+    layer of gain ~10^4 (ESPNetv2's decoder has one, from a BatchNorm with collapsed variance)
+    a step that is harmless elsewhere moves the output by whole units; XNNPACK's converter keeps
+    such layers in float, so QAT has nothing to adapt there. Returns ``{parameter name: gain}``
+    (the largest gain of the layer the parameter belongs to).
+    """
+    out: dict[str, float] = {}
+    for bn in batchnorm_nodes(gm):
+        gamma, var = _attr_tensor(gm, bn.args[1]), _attr_tensor(gm, bn.args[4])
+        if var is None:
+            continue
+        with torch.no_grad():
+            scale = (gamma if gamma is not None else torch.ones_like(var)).abs() / torch.sqrt(var + _eps_of(bn))
+            weight_node, bias_node = _conv_weight_of(bn)
+            weight = _attr_tensor(gm, weight_node)
+            norms = weight.flatten(1).norm(dim=1) if weight is not None else torch.ones_like(scale)
+            gain = float((scale * norms).max())
+        if gain <= max_gain:
+            continue
+        for node in (bn.args[1], bn.args[2], weight_node, bias_node):
+            if isinstance(node, torch.fx.Node) and node.op == "get_attr":
+                out[str(node.target)] = round(gain, 1)
+    return out
+
+
+def freeze_parameters(gm: nn.Module, names: list[str]) -> int:
+    """Stop training the named parameters (those that exist); returns how many were frozen."""
+    params = dict(gm.named_parameters())
+    frozen = 0
+    for name in names:
+        p = params.get(name)
+        if p is not None and p.requires_grad:
+            p.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
 def freeze_unused_parameters(gm: torch.fx.GraphModule) -> int:
     """Stop training parameters the graph never reads (e.g. copied into constants by a quantizer's
     transform); DDP requires every trained parameter to receive a gradient."""

@@ -206,6 +206,33 @@ def test_schedule_switches_observers_and_batchnorm(espnet_prepared):
     assert {v[0] for v in G.std_eps_values(gm).values()} == {1e-3}  # switching keeps eps
 
 
+def test_high_gain_layers_are_found_and_left_untrained():
+    """A BatchNorm with collapsed variance makes its conv's output ~300x as sensitive to a weight
+    change; QAT leaves that layer (conv weight, BatchNorm weight and bias) alone and trains the rest."""
+    torch.manual_seed(0)
+    model = em.build_model(em.get_entry(TINY)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+        model.base_net.level2_0.eesp.conv_1x1_exp.bn.running_var.fill_(1e-8)
+    gm = G.prepare_qat(model, em.get_entry(TINY), "xnnpack", SIZE, SIZE).module
+    gains = G.high_gain_parameters(gm, qat.MAX_TRAINED_GAIN)
+    layer = "body.level2_0.eesp.conv_1x1_exp."
+    assert sorted(gains) == [layer + "bn.bias", layer + "bn.weight", layer + "conv.weight"]
+    assert min(gains.values()) > qat.MAX_TRAINED_GAIN
+    assert G.high_gain_parameters(gm, 1e6) == {}
+    assert G.freeze_parameters(gm, [*gains, "no.such.parameter"]) == 3
+    G.set_batchnorm_training(gm, False)
+    before = {n: p.detach().clone() for n, p in gm.named_parameters()}
+    opt = torch.optim.Adam([p for _, p in G.trainable_parameters(gm)], lr=1e-2)
+    gm(torch.rand(2, 3, SIZE, SIZE)).square().mean().backward()
+    opt.step()
+    params = dict(gm.named_parameters())
+    assert all(torch.equal(params[n], before[n]) for n in gains)
+    assert any(not torch.equal(params[n], before[n]) for n in before if n not in gains)
+
+
 def test_loss_decreases_on_a_fixed_batch():
     torch.set_num_threads(1)
     prepared = G.prepare_qat(_random_model(TINY), em.get_entry(TINY), "xnnpack", SIZE, SIZE)
@@ -269,11 +296,13 @@ def test_scores_give_pixel_accuracy_next_to_miou():
     labels[0, 0, 0] = 255  # not scored
     masks = labels.copy()
     masks[0, 0, 0] = 2  # an unscored pixel: counts nowhere
-    assert qat_eval.scores(masks, labels, 3) == {"miou": 100.0, "pixel_acc": 100.0}
+    assert qat_eval.scores(masks, labels, 3) == {"miou": 100.0, "miou_all": 100.0, "pixel_acc": 100.0}
     masks[0, 9, 9] = 2  # one pixel of a class the labels lack
     s = qat_eval.scores(masks, labels, 3)
-    # IoU: class 0 = 49/49, class 1 = 49/50, class 2 = 0/1 -> mIoU swings by a third; accuracy by 1/99.
-    assert s["miou"] == pytest.approx((1 + 49 / 50 + 0) / 3 * 100, abs=1e-3)
+    # IoU: class 0 = 49/49, class 1 = 49/50, class 2 = 0/1. Over the labelled classes the stray pixel
+    # costs class 1 a fiftieth; over every class that occurs it costs a third of the mean.
+    assert s["miou"] == pytest.approx((1 + 49 / 50) / 2 * 100, abs=1e-3)
+    assert s["miou_all"] == pytest.approx((1 + 49 / 50 + 0) / 3 * 100, abs=1e-3)
     assert s["pixel_acc"] == pytest.approx(98 / 99 * 100, abs=1e-3)
 
 
