@@ -646,9 +646,10 @@ def high_gain_parameters(gm: torch.fx.GraphModule, max_gain: float) -> dict[str,
     the conv's channel-``c`` weights (1 without a conv): the factor by which the layer scales a
     change of its weights. Adam moves every weight by about the learning rate per step, so in a
     layer of gain ~10^4 (ESPNetv2's decoder has one, from a BatchNorm with collapsed variance)
-    a step that is harmless elsewhere moves the output by whole units; XNNPACK's converter keeps
-    such layers in float, so QAT has nothing to adapt there. Returns ``{parameter name: gain}``
-    (the largest gain of the layer the parameter belongs to).
+    a step that is harmless elsewhere moves the output by whole units. (XNNPACK's converter keeps
+    such layers in float, so there is no rounding to adapt to either; the other backends quantize
+    them with the weights they were trained with.) Returns ``{parameter name: gain}`` (the
+    largest gain of the layer the parameter belongs to).
     """
     out: dict[str, float] = {}
     for bn in batchnorm_nodes(gm):
