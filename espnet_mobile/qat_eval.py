@@ -147,7 +147,8 @@ def ptq_simulated_scores(backend: str, deployable: torch.nn.Module, calibration:
     elif backend == "xnnpack":
         from converters.executorch import quantize_pt2e
 
-        program, _ = quantize_pt2e(deployable, example, calibration=cal)
+        # The XNNPACK converter's int8 defaults: fp32 high-gain convs and affines before a PReLU.
+        program, _ = quantize_pt2e(deployable, example, calibration=cal, float_prelu_affines=True)
         converted = program.module()
     else:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e

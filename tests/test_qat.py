@@ -503,6 +503,36 @@ def test_checkpoint_converts_without_calibration(finished_run, tmp_path, target,
         assert np.mean(out.argmax(1) == fake_quant.argmax(1)) >= 0.99
 
 
+def test_simulated_xnnpack_ptq_quantizes_as_the_converter_does(monkeypatch, tmp_path):
+    """The PTQ baseline without an artifact must be the converter's int8, option for option (it once
+    quantized the affines before each PReLU, which the converter keeps fp32, and scored 3 points lower)."""
+    pytest.importorskip("executorch")
+    import converters.executorch as et
+    from espnet_mobile.deploy import make_deployable
+
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def record(module, example_input, **kwargs):
+        calls.append({k: v for k, v in kwargs.items() if k not in ("calibration", "qat_module")})
+        raise Stop
+
+    monkeypatch.setattr(et, "quantize_pt2e", record)
+    deployable = make_deployable(_random_model(TINY), em.get_entry(TINY), height=SIZE, width=SIZE)
+    calibration = [np.zeros((1, 3, SIZE, SIZE), np.float32)]
+    with pytest.raises(Stop):
+        qat_eval.ptq_simulated_scores("xnnpack", deployable, calibration, calibration[0], None, 21)
+    with pytest.raises(Exception):  # noqa: B017 - Stop, or the converter's error wrapping it
+        qat_eval.convert_int8("xnnpack", deployable, tmp_path / "x.pte", calibration=calibration)
+    simulated, converter = calls  # the converter got as far as quantizing
+    defaults = {"max_weight_gain": et.DEFAULT_MAX_WEIGHT_GAIN, "fp32_layers": (), "quantizer": None,
+                "float_prelu_affines": False}
+    assert {**defaults, **simulated} == {**defaults, **converter}
+    assert converter["float_prelu_affines"] is True
+
+
 @pytest.mark.slow
 def test_tflite_qat_converts(tmp_path, tiny_weights):
     from espnet_mobile import convert
