@@ -22,9 +22,10 @@ quantization would choose (histogram search on the calibration inputs) and by
 default keeps them, and the weights' ranges, fixed (``--observer-freeze 0``);
 BatchNorm statistics freeze after 70% of the steps. Adam (QAT learning rate
 1e-5: at 1e-4 a 10-step run drifted to 66 mIoU against its own teacher),
-cosine learning-rate decay; layers whose gain exceeds ``--max-trained-gain``
-(BatchNorms with collapsed variance, see ``qat_graph.high_gain_parameters``)
-are not trained.
+cosine learning-rate decay; the weights of layers whose gain exceeds
+``--max-trained-gain`` (BatchNorms with collapsed variance, see
+``qat_graph.high_gain_parameters``) are not trained (their BatchNorm
+statistics still update while BatchNorm trains).
 
 Scores: mIoU over the classes present in the held-out labels and pixel
 accuracy (:func:`espnet_mobile.qat_eval.scores`); ``*_miou_all`` in
@@ -58,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from converters.common import DEFAULT_MAX_WEIGHT_GAIN
 from espnet_mobile import equalize as EQ
 from espnet_mobile import qat_checkpoint as C
 from espnet_mobile import qat_data as D
@@ -73,7 +75,7 @@ TEMPERATURE = 2.0
 KD_WEIGHT = 1.0
 #: Layers (BatchNorm, and the conv before it) whose gain exceeds this are not trained in QAT
 #: (qat_graph.high_gain_parameters); the same threshold keeps convs in float in the converters.
-MAX_TRAINED_GAIN = 100.0
+MAX_TRAINED_GAIN = DEFAULT_MAX_WEIGHT_GAIN
 MAX_EVALS_PER_PHASE = 10
 #: |mIoU(torchrun, 2 processes) - mIoU(1 process)| allowed by tests/test_qat.py, in points. Both see the
 #: same samples, average the same gradient and synchronize observer ranges after every forward
@@ -127,6 +129,7 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
+        d.setdefault("max_trained_gain", 0.0)  # checkpoints from before the option trained every layer
         if d.get("input_size") is not None:
             d["input_size"] = tuple(d["input_size"])
         return cls(**d)
@@ -361,6 +364,13 @@ class QATCheckpoint:
 
 
 def _load_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    own = module.state_dict()
+    # TFLite graphs written before the int8 PReLU slopes were tiled along the width ([1,C,1,1] ->
+    # [1,C,1,W], converters.tflite._decompose_prelu) hold the same values untiled.
+    state = {k: v.expand_as(own[k]).contiguous()
+             if k in own and v.dim() == 4 and own[k].dim() == 4 and v.shape != own[k].shape and v.shape[3] == 1
+             and v.shape[:3] == own[k].shape[:3] and k.rsplit(".", 1)[-1].startswith("_prelu_") else v
+             for k, v in state.items()}
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -425,6 +435,7 @@ class Run:
             raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {dist.world} processes")
         self.wall_before = 0.0
         self.started = time.perf_counter()
+        self.frozen: list[str] = []  # parameters QAT leaves untrained (high gain)
 
     # ------------------------------------------------------------------ helpers
 
@@ -714,6 +725,9 @@ class Run:
         cfg, dist = self.cfg, self.dist
         self.fp32_state = fp32_state
         baselines = ckpt.get("baselines") if ckpt else None
+        if baselines is not None and "fp32_miou_all" not in baselines:
+            self.log("the checkpoint's baselines predate mIoU over labelled classes: measuring them again")
+            baselines = None
         if baselines is None:
             if dist.main:
                 baselines = self._baselines(fp32_state)
@@ -749,8 +763,10 @@ class Run:
             if gains:
                 self.log(f"not trained: {len(gains)} parameters of layers with gain above {cfg.max_trained_gain:g} "
                          f"(up to {max(gains.values()):.0f})")
-        G.freeze_parameters(gm, frozen)
-        qat_graph["frozen"] = frozen
+        if G.freeze_parameters(gm, frozen) != len(frozen):
+            raise UserError(f"{self.ckpt_path} lists untrained parameters the rebuilt graph lacks; it was written "
+                            "by another version: start a new run")
+        qat_graph["frozen"] = self.frozen = frozen
         gm.to(dist.device)
         self._schedule(gm, start)
         params = [p for _, p in G.trainable_parameters(gm)]
@@ -853,6 +869,7 @@ class Run:
                                 + (f" --weights {self.fp32_weights_file}" if self.fp32_weights_file else "")),
             "ptq_calibration_inputs": baselines.get("calibration_inputs"),
             "ptq_artifact": baselines.get("ptq_artifact"), "qat_artifact": final.get("artifact"),
+            "untrained_parameters": list(self.frozen),
             "batchnorm": report, "history": history,
         }
         if self.dist.main:

@@ -372,6 +372,7 @@ def test_prelu_slopes_of_narrow_tensors_are_tiled_along_the_width():
             self.narrow, self.wide = nn.PReLU(8), nn.PReLU(tflite.PRELU_TILE_MAX_CHANNELS)
             for m in (self.narrow, self.wide):
                 m.weight.data.uniform_(-0.3, 0.6)
+            self.narrow.weight.data[0] = 1.5  # a slope above 1: the rewrite with a second scale
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.wide(self.narrow(x).repeat(1, tflite.PRELU_TILE_MAX_CHANNELS // 8, 1, 1))
@@ -380,9 +381,12 @@ def test_prelu_slopes_of_narrow_tensors_are_tiled_along_the_width():
     gm = torch.export.export(TwoPReLUs().eval(), (x,), strict=False).module()
     ref = gm(x)
     assert tflite._decompose_prelu(gm) == 2
-    slopes = sorted(tuple(b.shape) for name, b in gm.named_buffers() if name.startswith("_prelu_slope_"))
+    shapes = {name.rstrip("0123456789"): tuple(b.shape) for name, b in gm.named_buffers()
+              if name.startswith("_prelu_")}
     # NCHW [1, C, 1, W] is NHWC [1, 1, W, C]: one contiguous run per image row instead of per pixel.
-    assert slopes == [(1, 8, 1, 10), (1, tflite.PRELU_TILE_MAX_CHANNELS, 1, 1)]
+    # The narrow PReLU (a slope above 1) is -1 * x (a scalar), ReLU, then the tiled factor 1 - a.
+    assert shapes == {"_prelu_minus_one_": (1, 1, 1, 1), "_prelu_factor_": (1, 8, 1, 10),
+                      "_prelu_slope_": (1, tflite.PRELU_TILE_MAX_CHANNELS, 1, 1)}
     torch.testing.assert_close(gm(x), ref, rtol=1e-6, atol=1e-6)
 
 

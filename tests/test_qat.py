@@ -8,6 +8,7 @@ conversions and the two-process comparison are marked ``slow``.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 import signal
@@ -231,6 +232,23 @@ def test_high_gain_layers_are_found_and_left_untrained():
     params = dict(gm.named_parameters())
     assert all(torch.equal(params[n], before[n]) for n in gains)
     assert any(not torch.equal(params[n], before[n]) for n in before if n not in gains)
+
+
+def test_checkpoints_from_before_the_freeze_and_the_tiling_still_load():
+    """Old configs trained every layer; old TFLite QAT states hold PReLU slopes untiled ([1,C,1,1])."""
+    old = qat.RunConfig.from_dict({"model": TINY, "backend": "tflite"})
+    assert old.max_trained_gain == 0.0
+    assert qat.RunConfig.from_dict(qat.RunConfig(model=TINY, backend="tflite").to_dict()).max_trained_gain \
+        == qat.MAX_TRAINED_GAIN
+
+    module = torch.nn.Module()
+    module.register_buffer("_prelu_slope_0", torch.zeros(1, 3, 1, 5))
+    module.register_buffer("weight", torch.zeros(1, 3, 1, 5))
+    slope = torch.tensor([0.1, -0.2, 0.3]).reshape(1, 3, 1, 1)
+    qat._load_state(module, {"_prelu_slope_0": slope, "weight": torch.ones(1, 3, 1, 5)}, "old.pt")
+    torch.testing.assert_close(module._prelu_slope_0, slope.expand(1, 3, 1, 5))
+    with pytest.raises(UserError, match="does not fit"):  # only PReLU slopes are widened
+        qat._load_state(module, {"_prelu_slope_0": slope, "weight": torch.ones(1, 3, 1, 1)}, "old.pt")
 
 
 def test_loss_decreases_on_a_fixed_batch():
@@ -519,6 +537,8 @@ def test_simulated_xnnpack_ptq_quantizes_as_the_converter_does(monkeypatch, tmp_
         calls.append({k: v for k, v in kwargs.items() if k not in ("calibration", "qat_module")})
         raise Stop
 
+    defaults = {name: param.default for name, param in inspect.signature(et.quantize_pt2e).parameters.items()
+                if param.default is not inspect.Parameter.empty and name not in ("calibration", "qat_module")}
     monkeypatch.setattr(et, "quantize_pt2e", record)
     deployable = make_deployable(_random_model(TINY), em.get_entry(TINY), height=SIZE, width=SIZE)
     calibration = [np.zeros((1, 3, SIZE, SIZE), np.float32)]
@@ -527,8 +547,6 @@ def test_simulated_xnnpack_ptq_quantizes_as_the_converter_does(monkeypatch, tmp_
     with pytest.raises(Exception):  # noqa: B017 - Stop, or the converter's error wrapping it
         qat_eval.convert_int8("xnnpack", deployable, tmp_path / "x.pte", calibration=calibration)
     simulated, converter = calls  # the converter got as far as quantizing
-    defaults = {"max_weight_gain": et.DEFAULT_MAX_WEIGHT_GAIN, "fp32_layers": (), "quantizer": None,
-                "float_prelu_affines": False}
     assert {**defaults, **simulated} == {**defaults, **converter}
     assert converter["float_prelu_affines"] is True
 
