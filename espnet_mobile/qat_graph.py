@@ -548,6 +548,45 @@ def _new_param(gm: torch.fx.GraphModule, base: str, value: torch.Tensor, before:
         return gm.graph.get_attr(f"{name}_{i}")
 
 
+@dataclass
+class _ConvBN:
+    """The conv in front of a BatchNorm in the PT2E QAT conv-BN pattern (see :func:`fold_batchnorms`)."""
+
+    conv: torch.fx.Node
+    consumer: torch.fx.Node  # what reads the scaled weight: its fake-quantizer, or the conv itself
+    scaled: torch.fx.Node  # ``w * s``; its first argument is the weight
+    bias: Any  # the conv's own bias node (outside its reshape), or None
+
+
+def _match_conv_bn(bn: torch.fx.Node) -> _ConvBN | None:
+    """The conv of ``bn``'s conv-BN pattern; None for a BatchNorm without one."""
+    aten = torch.ops.aten
+    y, bias = bn.args[0], None
+    if _is_call(y, aten.add.Tensor) and _is_call(y.args[0], aten.div.Tensor):
+        bias, y = y.args[1], y.args[0]
+        if _is_call(bias, aten.reshape.default):
+            bias = bias.args[0]
+    if not (_is_call(y, aten.div.Tensor) and _is_call(y.args[0], aten.conv2d.default)):
+        return None
+    conv = y.args[0]
+    # The weight is fake-quantized (fq(w * s)), or plain (w * s) where the quantizer left the
+    # convolution in float (e.g. XNNPACK's high-gain layers).
+    fq = conv.args[1]
+    if isinstance(fq, torch.fx.Node) and fq.op == "call_module":
+        scaled, consumer = fq.args[0], fq
+    else:
+        scaled, consumer = fq, conv
+    if not _is_call(scaled, aten.mul.Tensor):
+        return None
+    return _ConvBN(conv, consumer, scaled, bias)
+
+
+def _batchnorm_scale(gm: torch.fx.GraphModule, bn: torch.fx.Node) -> torch.Tensor:
+    """``gamma / sqrt(running_var + eps)`` of an inference-mode BatchNorm, as the graph computes it."""
+    gamma, var = _attr_tensor(gm, bn.args[1]), _attr_tensor(gm, bn.args[4])
+    return (gamma if gamma is not None else torch.ones_like(var)) / torch.sqrt(var + _eps_of(bn))
+
+
 def fold_batchnorms(gm: torch.fx.GraphModule) -> int:
     """Fold every inference-mode BatchNorm of the PT2E QAT conv-BN pattern into its convolution.
 
@@ -566,42 +605,29 @@ def fold_batchnorms(gm: torch.fx.GraphModule) -> int:
     for bn in batchnorm_nodes(gm):
         if bn.args[5]:
             raise RuntimeError(f"{bn.name} is in training mode; fold only inference-mode BatchNorm")
-        y, conv_bias_node = bn.args[0], None
-        if _is_call(y, aten.add.Tensor) and _is_call(y.args[0], aten.div.Tensor):
-            conv_bias_node, y = y.args[1], y.args[0]
-            if _is_call(conv_bias_node, aten.reshape.default):
-                conv_bias_node = conv_bias_node.args[0]
-        if not (_is_call(y, aten.div.Tensor) and _is_call(y.args[0], aten.conv2d.default)):
-            raise RuntimeError(f"BatchNorm {bn.name} does not follow the PT2E QAT conv-BN pattern")
-        conv = y.args[0]
-        # The weight is fake-quantized (fq(w * s)), or plain (w * s) where the quantizer left the
-        # convolution in float (e.g. XNNPACK's high-gain layers).
-        fq = conv.args[1]
-        if isinstance(fq, torch.fx.Node) and fq.op == "call_module":
-            scaled, consumer = fq.args[0], fq
-        else:
-            scaled, consumer = fq, conv
-        if not _is_call(scaled, aten.mul.Tensor):
-            raise RuntimeError(f"convolution {conv.name} before {bn.name} has no scaled weight")
+        match = _match_conv_bn(bn)
+        if match is None:
+            raise RuntimeError(f"BatchNorm {bn.name} does not follow the PT2E QAT conv-BN pattern "
+                               "(conv2d with a scaled weight)")
+        conv, consumer, scaled, conv_bias_node = match.conv, match.consumer, match.scaled, match.bias
         weight = _attr_tensor(gm, scaled.args[0])
-        gamma, beta, mean, var = (_attr_tensor(gm, a) for a in bn.args[1:5])
+        beta, mean, var = (_attr_tensor(gm, a) for a in bn.args[2:5])
         if weight is None or mean is None or var is None:
             raise RuntimeError(f"BatchNorm {bn.name}: weight or statistics are not constants")
-        eps = _eps_of(bn)
         with torch.no_grad():
             # The same float32 operations as the graph, so fq sees bit-identical weights.
-            scale = (gamma if gamma is not None else torch.ones_like(var)) / torch.sqrt(var + eps)
+            scale = _batchnorm_scale(gm, bn)
             w_folded = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
             conv_bias = _attr_tensor(gm, conv_bias_node) if conv_bias_node is not None else None
             shift = (conv_bias if conv_bias is not None else torch.zeros_like(mean)) - mean
             b_folded = shift * scale + (beta if beta is not None else torch.zeros_like(mean))
         w_node = _new_param(gm, f"{scaled.args[0].target}_folded", w_folded, consumer)
         b_node = _new_param(gm, f"{scaled.args[0].target}_folded_bias", b_folded, conv)
-        if consumer is fq:
-            fq.args = (w_node, *fq.args[1:])
         conv_args = list(conv.args)
         if consumer is conv:
             conv_args[1] = w_node
+        else:  # the weight's fake-quantizer
+            consumer.args = (w_node, *consumer.args[1:])
         while len(conv_args) < 3:
             conv_args.append(None)
         conv_args[2] = b_node
@@ -619,26 +645,6 @@ def fold_batchnorms(gm: torch.fx.GraphModule) -> int:
     return count
 
 
-def _conv_weight_of(bn: torch.fx.Node) -> tuple[torch.fx.Node | None, torch.fx.Node | None]:
-    """(weight, bias) get_attr nodes of the conv in front of a BatchNorm in the PT2E QAT conv-BN
-    pattern (see :func:`fold_batchnorms`); (None, None) for a BatchNorm without one."""
-    aten = torch.ops.aten
-    y, bias = bn.args[0], None
-    if _is_call(y, aten.add.Tensor) and _is_call(y.args[0], aten.div.Tensor):
-        bias, y = y.args[1], y.args[0]
-        if _is_call(bias, aten.reshape.default):
-            bias = bias.args[0]
-    if not (_is_call(y, aten.div.Tensor) and _is_call(y.args[0], aten.conv2d.default)):
-        return None, None
-    fq = y.args[0].args[1]
-    scaled = fq.args[0] if isinstance(fq, torch.fx.Node) and fq.op == "call_module" else fq
-    if not _is_call(scaled, aten.mul.Tensor):
-        return None, None
-    weight = scaled.args[0]
-    bias = bias if isinstance(bias, torch.fx.Node) and bias.op == "get_attr" else None
-    return (weight if isinstance(weight, torch.fx.Node) and weight.op == "get_attr" else None), bias
-
-
 def high_gain_parameters(gm: torch.fx.GraphModule, max_gain: float) -> dict[str, float]:
     """Parameters of BatchNorms (and the convs before them) whose gain exceeds ``max_gain``.
 
@@ -653,13 +659,13 @@ def high_gain_parameters(gm: torch.fx.GraphModule, max_gain: float) -> dict[str,
     """
     out: dict[str, float] = {}
     for bn in batchnorm_nodes(gm):
-        gamma, var = _attr_tensor(gm, bn.args[1]), _attr_tensor(gm, bn.args[4])
-        if var is None:
+        if _attr_tensor(gm, bn.args[4]) is None:
             continue
+        match = _match_conv_bn(bn)
+        weight_node, bias_node = (match.scaled.args[0], match.bias) if match else (None, None)
+        weight = _attr_tensor(gm, weight_node)
         with torch.no_grad():
-            scale = (gamma if gamma is not None else torch.ones_like(var)).abs() / torch.sqrt(var + _eps_of(bn))
-            weight_node, bias_node = _conv_weight_of(bn)
-            weight = _attr_tensor(gm, weight_node)
+            scale = _batchnorm_scale(gm, bn).abs()
             norms = weight.flatten(1).norm(dim=1) if weight is not None else torch.ones_like(scale)
             gain = float((scale * norms).max())
         if gain <= max_gain:
