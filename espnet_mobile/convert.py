@@ -32,6 +32,7 @@ import torch
 from espnet_mobile import __version__
 from espnet_mobile import bundle as B
 from espnet_mobile import equalize as EQ
+from espnet_mobile.deploy import GRAPH_VERSION
 from espnet_mobile.errors import UserError, run_cli
 
 TARGETS = ("executorch", "coreml", "tflite")
@@ -263,7 +264,8 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
         ptq = job.precision == "int8" and qat is None
         extra = {"nhwc": opts.nhwc and job.target == "tflite", "options": opts.options,
                  "calibration": calibration_digest if job.precision == "int8" else None,
-                 "writer": getattr(backend_module(job.target), "WRITER_VERSION", 1)}
+                 "writer": getattr(backend_module(job.target), "WRITER_VERSION", 1),
+                 "graph": GRAPH_VERSION}
         if ptq:
             extra["equalization"] = EQ.VERSION
         key = cache_key(job, manifest, versions, extra)

@@ -227,6 +227,30 @@ def _replace_standalone_batchnorms(module: nn.Module) -> None:
 # --------------------------------------------------------------------------- ESPNetv2
 
 
+#: Bumped whenever make_deployable's graph changes, so cached artifacts are rebuilt
+#: (part of the converter's cache key). 2: 2x2 pooling no longer folded into a 6x6 conv.
+GRAPH_VERSION = 2
+
+#: Largest depth-wise kernel (taps) that a pool is folded into. XNNPACK's depth-wise kernels
+#: go up to 25 taps in one pass; a larger one (2x2 pooling folded into a 3x3 conv is 6x6,
+#: 36 taps) runs as a grouped GEMM with one channel per group, which took ~4% of ESPNetv2's
+#: run time on four tiny tensors, in float and in int8 alike.
+MAX_FUSED_DEPTHWISE_TAPS = 25
+
+
+class BoxPoolAsDepthwise(nn.Module):
+    """k_h x k_w average pooling at stride k, as a depth-wise convolution with constant weights."""
+
+    def __init__(self, channels: int, kernel: tuple[int, int]) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel, stride=kernel, groups=channels, bias=False)
+        nn.init.constant_(self.conv.weight, 1.0 / (kernel[0] * kernel[1]))
+        self.conv.weight.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
 def pool_then_depthwise(pool: tuple[int, int], conv: nn.Conv2d) -> nn.Conv2d:
     """One depth-wise conv equal to k_h x k_w average pooling (stride = kernel) then a 3x3 depth-wise conv.
 
@@ -266,8 +290,10 @@ class DeployPyramidPool(nn.Module):
     """EfficientPyramidPool at a fixed input size, with fixed-size resizes and pools.
 
     Where a pyramid level's pooling is plain (sizes divide), it is folded into
-    the level's depth-wise conv, so no average-pooling op remains (int8
-    average pooling has no XNNPACK kernel in LiteRT and splits delegation).
+    the level's depth-wise conv when the result has at most
+    :data:`MAX_FUSED_DEPTHWISE_TAPS` taps, and otherwise runs as a depth-wise conv
+    of its own, so no average-pooling op remains (int8 average pooling has no
+    XNNPACK kernel in LiteRT and splits delegation).
     """
 
     def __init__(self, ref: EfficientPyramidPool, hw: tuple[int, int]) -> None:
@@ -283,8 +309,12 @@ class DeployPyramidPool(nn.Module):
             after: nn.Module = nn.Identity()
             if scale < 1.0:
                 pool = FixedAdaptiveAvgPool2d((h, w), size)
-                if pool.pool_kernel is not None and pool.pool_kernel != (1, 1):
-                    stage = pool_then_depthwise(pool.pool_kernel, stage)
+                kernel = pool.pool_kernel
+                if kernel is not None and kernel != (1, 1):
+                    if 9 * kernel[0] * kernel[1] <= MAX_FUSED_DEPTHWISE_TAPS:
+                        stage = pool_then_depthwise(kernel, stage)
+                    else:
+                        before = BoxPoolAsDepthwise(stage.in_channels, kernel)
                 else:
                     before = pool
                 after = FixedResize((h, w))
