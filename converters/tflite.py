@@ -87,8 +87,9 @@ from converters.common import (
 
 #: Bumped whenever this module writes a different file for the same request, so
 #: ``espnet_mobile.convert`` rebuilds cached artifacts (2: shared quantization vectors;
-#: 3: high-gain convs and their PReLUs in float; 4: int8 PReLU slopes tiled along the width).
-WRITER_VERSION = 4
+#: 3: high-gain convs and their PReLUs in float; 4: int8 PReLU slopes tiled along the width;
+#: 5: int8 BatchNorm affines folded into the conv ahead of a resize or pool).
+WRITER_VERSION = 5
 
 TARGET = "tflite"
 INSTALL_HINT = "pip install litert-torch==0.10.0"
@@ -414,6 +415,96 @@ def _split_affine_after_cat(gm: torch.fx.GraphModule) -> int:
     return count
 
 
+def _passes_affine_through(gm: torch.fx.GraphModule, node: torch.fx.Node, channels: int) -> bool:
+    """Whether ``affine(op(x)) == op(affine(x))`` for a per-channel affine map on dim 1.
+
+    True for spatial ops that keep dim 1 as the channels and map a constant image to
+    the same constant: bilinear/nearest resizes, H/W transposes, unpadded average
+    pools, and a bias-free ``linear`` over a spatial dim whose rows each sum to 1
+    (the deployable graph's adaptive pooling and odd-ratio resizes).
+    """
+    if node.op != "call_function" or not isinstance(node.args[0], torch.fx.Node):
+        return False
+    val = node.meta.get("val")
+    if val is None or val.dim() != 4 or int(val.shape[1]) != channels:
+        return False
+    if node.target in (_aten("upsample_bilinear2d", "vec"), _aten("upsample_nearest2d", "vec"),
+                       _aten("adaptive_avg_pool2d")):
+        return True
+    if node.target == _aten("transpose", "int"):
+        return {int(d) % 4 for d in node.args[1:3]} <= {2, 3}
+    if node.target == _aten("avg_pool2d"):
+        padding = _int_arg(node, 3, "padding", 0)
+        return all(int(p) == 0 for p in (padding if isinstance(padding, (list, tuple)) else [padding]))
+    if node.target == _aten("linear"):
+        weight = _constant_value(gm, node.args[1])
+        bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        return (bias is None and weight is not None and weight.dim() == 2
+                and bool(torch.allclose(weight.detach().sum(dim=1), torch.ones(weight.shape[0]), atol=1e-6)))
+    return False
+
+
+def _fold_affine_into_conv(gm: torch.fx.GraphModule, max_gain: float | None) -> int:
+    """Fold a per-channel affine (a depthwise 1x1 conv) into the conv that produces its input (exact).
+
+    After :func:`_split_affine_after_cat`, each branch of ESPNetv2's pyramid pools
+    (and a few other units) ends in its own BatchNorm affine, separated from the
+    branch's conv only by resizes or pooling, which commute with it
+    (:func:`_passes_affine_through`). XNNPACK runs a 1x1 depthwise conv with its
+    3-tap int8 kernel in tiles of 32 channels, so on these 10-channel tensors it
+    does ~10 times the useful work; folded, the affine costs nothing. Skipped when
+    the conv's output has other readers, or when the affine's largest gain exceeds
+    ``max_gain`` (such a layer stays a small float island, see
+    :func:`_mark_float_islands`, instead of taking its producer into float).
+    """
+    conv2d = _aten("conv2d")
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target != conv2d or node.meta.get("val") is None:
+            continue
+        channels = int(node.meta["val"].shape[1])
+        if not _is_pointwise_depthwise(gm, node, channels):
+            continue
+        scale = _constant_value(gm, node.args[1]).detach().reshape(channels)
+        if max_gain and float(scale.abs().max()) > max_gain:
+            continue
+        bias_arg = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        shift = _constant_value(gm, bias_arg) if bias_arg is not None else None
+        producer = node.args[0]
+        while (isinstance(producer, torch.fx.Node) and len(producer.users) == 1
+               and _passes_affine_through(gm, producer, channels)):
+            producer = producer.args[0]
+        if not (isinstance(producer, torch.fx.Node) and producer.op == "call_function"
+                and producer.target == conv2d and len(producer.users) == 1):
+            continue
+        weight = _constant_value(gm, producer.args[1])
+        old_bias_arg = producer.args[2] if len(producer.args) > 2 else producer.kwargs.get("bias")
+        old_bias = _constant_value(gm, old_bias_arg) if old_bias_arg is not None else None
+        if weight is None or weight.shape[0] != channels or (old_bias_arg is not None and old_bias is None):
+            continue
+        new_weight = weight.detach().float() * scale.float().reshape(-1, *[1] * (weight.dim() - 1))
+        new_bias = (old_bias.detach().float() if old_bias is not None else torch.zeros(channels)) * scale.float()
+        if shift is not None:
+            new_bias = new_bias + shift.detach().float()
+        w_node = _new_constant(gm, "_affine_folded_weight_", new_weight, producer)
+        b_node = _new_constant(gm, "_affine_folded_bias_", new_bias, producer)
+        args = list(producer.args)
+        args[1] = w_node
+        if len(args) > 2:
+            args[2] = b_node
+        else:
+            args.append(b_node)
+        producer.args = tuple(args)
+        producer.kwargs = {k: v for k, v in producer.kwargs.items() if k != "bias"}
+        node.replace_all_uses_with(node.args[0])
+        gm.graph.erase_node(node)
+        count += 1
+    if count:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return count
+
+
 def _unshare_constants(gm: torch.fx.GraphModule) -> int:
     """Give every user of a shared constant (``get_attr``) its own node.
 
@@ -569,6 +660,8 @@ def _quantizer_class() -> type:
             _unshare_constants(model)
             if self.split_affine_after_cat:
                 _split_affine_after_cat(model)
+            if not (self.global_config is not None and self.global_config.is_qat):
+                _fold_affine_into_conv(model, self.max_weight_gain)
             _decompose_prelu(model)
             return model
 

@@ -354,15 +354,66 @@ def test_quantizer_rewrites_are_exact(net, example):
         (tflite._rewrite_eval_batch_norm, 5),  # all 5 here: conv-BN folding runs in prepare_pt2e
         (tflite._unshare_constants, None),
         (tflite._split_affine_after_cat, 1),  # cat -> BN -> PReLU before the classifier
+        # The three conv -> BN pairs (prepare_pt2e would have folded them already); not the BN
+        # after the add, nor the split affines (one reads a transposed conv, one a PReLU).
+        (lambda g: tflite._fold_affine_into_conv(g, max_gain=None), 3),
         (tflite._decompose_prelu, 6),  # 5 PReLUs, the one after the concat now split in two
     ]
     for rewrite, expected in steps:
         n = rewrite(gm)
         if expected is not None:
             assert n == expected, rewrite.__name__
-        torch.testing.assert_close(gm(example), ref, rtol=1e-5, atol=1e-5, msg=rewrite.__name__)
+        torch.testing.assert_close(gm(example), ref, rtol=1e-5, atol=1e-5, msg=getattr(rewrite, "__name__", ""))
     targets = {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
     assert not any(k in t for t in targets for k in ("prelu", "batch_norm"))
+
+
+def test_affines_fold_through_resizes_into_the_conv_that_feeds_them():
+    """A pyramid-pool branch: conv -> resize -> row/column pooling -> BatchNorm -> PReLU.
+
+    The BatchNorm folds into the conv (it commutes with the resizes and the pooling,
+    which map constants to themselves); it does not fold where the conv has another
+    reader, or where its gain would take a conv into a float island.
+    """
+
+    class Branches(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            g = torch.Generator().manual_seed(3)
+            self.folds = nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False)
+            self.shared = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+            self.loud = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+            self.bns = nn.ModuleList(nn.BatchNorm2d(6) for _ in range(3))
+            self.act = nn.PReLU(6)
+            for bn in self.bns:
+                bn.running_mean.uniform_(-0.3, 0.3, generator=g)
+                bn.running_var.uniform_(0.5, 2.0, generator=g)
+                bn.weight.data.uniform_(-1.5, 1.5, generator=g)  # negative scales too
+                bn.bias.data.uniform_(-0.3, 0.3, generator=g)
+            self.bns[2].running_var.fill_(1e-7)  # gain ~1/sqrt(eps)
+            self.register_buffer("rows", torch.softmax(torch.randn(12, 16, generator=g), dim=1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = F.interpolate(self.folds(x), size=(16, 16), mode="bilinear", align_corners=False)
+            a = F.linear(a.transpose(2, 3), self.rows).transpose(2, 3)  # 16 -> 12 rows
+            a = F.avg_pool2d(self.bns[0](a), 2)
+            s = self.shared(x)
+            b = F.avg_pool2d(self.bns[1](s) + s, 2)
+            c = F.avg_pool2d(self.bns[2](self.loud(x)), 2)
+            return self.act(a[..., :4, :4] + b + c)
+
+    x = torch.randn(1, 6, 8, 8)
+    gm = torch.export.export(Branches().eval(), (x,), strict=False).module()
+    ref = gm(x)
+    assert tflite._rewrite_eval_batch_norm(gm) == 3
+    affines = lambda: sum(  # noqa: E731
+        tflite._is_pointwise_depthwise(gm, n, 6) for n in gm.graph.nodes if n.op == "call_function")
+    assert affines() == 3
+    assert tflite._fold_affine_into_conv(gm, max_gain=100.0) == 1
+    assert affines() == 2  # the shared conv's and the high-gain one remain
+    torch.testing.assert_close(gm(x), ref, rtol=1e-5, atol=1e-5)
+    assert tflite._fold_affine_into_conv(gm, max_gain=None) == 1  # no gain limit: the loud one too
+    torch.testing.assert_close(gm(x), ref, rtol=1e-4, atol=1e-4 * float(ref.detach().abs().max()))
 
 
 def test_prelu_slopes_of_narrow_tensors_are_tiled_along_the_width():
@@ -399,9 +450,11 @@ class HighGainNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(4)
-        self.stem = _ConvBNPReLU(3, 8, 3)
-        self.amplify = _ConvBNPReLU(8, 8, 3, groups=8)
-        self.classifier = nn.Conv2d(8, NUM_CLASSES, 1)
+        with torch.random.fork_rng():  # the same weights whichever tests ran before
+            torch.manual_seed(4)
+            self.stem = _ConvBNPReLU(3, 8, 3)
+            self.amplify = _ConvBNPReLU(8, 8, 3, groups=8)
+            self.classifier = nn.Conv2d(8, NUM_CLASSES, 1)
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1, generator=g)
@@ -463,12 +516,16 @@ def test_int8_high_gain_conv_runs_in_float_and_agrees_better(eval_images, exampl
     assert kept.report["float_ops"].get("DEPTHWISE_CONV_2D") == 1
     assert results[None].report["float_ops"] == {}
 
-    def agreement(path: Path) -> float:
-        return float(np.mean([(tflite.run_tflite(path, x.numpy()).argmax(1) == _eager(net, x).argmax(1)).mean()
-                              for x in eval_images]))
+    def agreement_and_error(path: Path) -> tuple[float, float]:
+        pairs = [(tflite.run_tflite(path, x.numpy()), _eager(net, x)) for x in eval_images]
+        agree = float(np.mean([(out.argmax(1) == ref.argmax(1)).mean() for out, ref in pairs]))
+        return agree, float(np.mean([np.abs(out - ref).mean() for out, ref in pairs]))
 
-    with_float, all_int8 = agreement(kept.path), agreement(results[None].path)
-    assert with_float >= 0.97 and with_float > all_int8, (with_float, all_int8)
+    (with_float, float_err), (all_int8, int8_err) = agreement_and_error(kept.path), agreement_and_error(
+        results[None].path)
+    # Over five weight seeds the island cut the mean logit error by 1.1-1.4x.
+    assert with_float >= 0.97 and with_float >= all_int8 and float_err < int8_err, (
+        with_float, all_int8, float_err, int8_err)
 
 
 @pytest.mark.slow
