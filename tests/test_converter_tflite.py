@@ -8,6 +8,7 @@ full-size models are covered by the parity step.
 from __future__ import annotations
 
 import builtins
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,22 @@ def test_fp32_matches_eager(net, eval_images, converted):
         out = tflite.run_tflite(result.path, x.numpy())
         assert out.dtype == np.float32 and out.shape == ref.shape
         assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_float_prelus_are_one_op_with_the_same_output(net, eval_images, converted, precision, tmp_path,
+                                                      monkeypatch):
+    """litert-torch writes each PReLU as RELU, MUL, MUL, SUB; the converter makes it one PRELU, bit-exact."""
+    result = converted(precision)
+    assert result.report["native_prelu"] == 5  # every PReLU of TinySegNet
+    monkeypatch.setattr(tflite, "_native_prelu", lambda data: (data, 0))
+    stock = tflite.convert(_request(net, eval_images[0], precision, tmp_path / "stock.tflite"))
+    ops, stock_ops = Counter(result.report["ops"]), Counter(stock.report["ops"])
+    assert ops["PRELU"] == 5 and stock_ops["PRELU"] == 0
+    assert (stock_ops - ops) == Counter({"RELU": 5, "SUB": 5, "MUL": 10})
+    for x in eval_images:
+        np.testing.assert_array_equal(tflite.run_tflite(result.path, x.numpy()),
+                                      tflite.run_tflite(stock.path, x.numpy()))
 
 
 def test_fp16_is_close_and_smaller(net, eval_images, converted):
