@@ -5,9 +5,12 @@ execution here goes through the ``ai_edge_litert`` Interpreter, whose default
 CPU path is the XNNPACK delegate.
 
 Precisions
-    fp32  plain conversion.
+    fp32  plain conversion, then each PReLU as one PRELU op instead of the four
+          litert-torch writes (:func:`_native_prelu`, bit-exact; not for the GPU
+          artifact).
     fp16  float16 weights, float32 compute (a DEQUANTIZE per weight, folded by
-          XNNPACK and the GPU delegate); litert-torch's ``full_fp16_recipe``.
+          XNNPACK and the GPU delegate); litert-torch's ``full_fp16_recipe``;
+          PReLUs as for fp32.
     int8  full-integer static quantization through PT2E with LiteRT's own
           quantizer (:class:`litert_torch.quantize.pt2e_quantizer.PT2EQuantizer`),
           extended by :func:`get_quantizer` for the ops of the deployable
@@ -18,6 +21,10 @@ Precisions
           ``int8_max_weight_gain`` (default :data:`DEFAULT_MAX_WEIGHT_GAIN`)
           and the PReLUs on both sides of them stay float
           (:func:`_mark_float_islands`); ESPNetv2 has three such convs.
+          Before annotation, exact graph rewrites give every op an int8
+          XNNPACK kernel and drop work (:meth:`transform_for_annotation`),
+          among them BatchNorm affines folded into the conv ahead of a
+          resize or pool (:func:`_fold_affine_into_conv`).
 
 App contract: every artifact has float32 input and float32 output, whatever the
 precision. For int8 the converter ends with int8 tensors at the model boundary;
