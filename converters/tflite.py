@@ -6,8 +6,10 @@ CPU path is the XNNPACK delegate.
 
 Precisions
     fp32  plain conversion, then each PReLU as one PRELU op instead of the four
-          litert-torch writes (:func:`_native_prelu`, bit-exact; not for the GPU
-          artifact).
+          litert-torch writes (:func:`_native_prelu`, bit-exact). The LiteRT GPU
+          accelerator does not take PRELU, so these files are CPU (and NPU
+          dispatch) artifacts; the GPU artifact (``delegate="gpu"``) keeps the
+          four ops.
     fp16  float16 weights, float32 compute (a DEQUANTIZE per weight, folded by
           XNNPACK and the GPU delegate); litert-torch's ``full_fp16_recipe``;
           PReLUs as for fp32.
@@ -1275,7 +1277,8 @@ def convert(req: ConversionRequest) -> ConversionResult:
     if io_changes:
         report["float_io"] = io_changes
     if req.precision != "int8" and opts.get("delegate") != "gpu":
-        # The GPU artifact keeps the converter's lowering, which the parity checks cover on lavapipe.
+        # The GPU artifact keeps the converter's lowering: the LiteRT GPU accelerator does not
+        # take a PRELU op (lavapipe: "Some ops are not accelerated").
         data, report["native_prelu"] = _native_prelu(data)
     if req.precision == "int8":
         before = len(data)
@@ -1289,7 +1292,9 @@ def convert(req: ConversionRequest) -> ConversionResult:
         path=Path(req.out_path),
         target=TARGET,
         precision=req.precision,
-        compute_units=["cpu"] if req.precision == "int8" else ["cpu", "gpu"],
+        # Neither int8 nor a native PRELU runs on the LiteRT GPU accelerator: the GPU artifact
+        # (delegate "gpu") is the one for GPUs.
+        compute_units=["cpu"] if req.precision == "int8" or report.get("native_prelu") else ["cpu", "gpu"],
         executable_here=_runtime_available(),
         tool_versions=tool_versions(),
         seconds=time.perf_counter() - start,

@@ -156,13 +156,18 @@ def test_fp32_matches_eager(net, eval_images, converted):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_float_prelus_are_one_op_with_the_same_output(net, eval_images, converted, precision, tmp_path,
-                                                      monkeypatch):
-    """litert-torch writes each PReLU as RELU, MUL, MUL, SUB; the converter makes it one PRELU, bit-exact."""
+def test_float_prelus_are_one_op_with_the_same_output(net, eval_images, converted, precision, tmp_path):
+    """litert-torch writes each PReLU as RELU, MUL, MUL, SUB; the converter makes it one PRELU, bit-exact.
+
+    The GPU artifact keeps the four ops (the LiteRT GPU accelerator takes no PRELU), and only
+    it claims the GPU.
+    """
     result = converted(precision)
     assert result.report["native_prelu"] == 5  # every PReLU of TinySegNet
-    monkeypatch.setattr(tflite, "_native_prelu", lambda data: (data, 0))
-    stock = tflite.convert(_request(net, eval_images[0], precision, tmp_path / "stock.tflite"))
+    stock = tflite.convert(_request(net, eval_images[0], precision, tmp_path / "gpu.tflite",
+                                    options={"delegate": "gpu"}))
+    assert "native_prelu" not in stock.report
+    assert result.compute_units == ["cpu"] and stock.compute_units == ["cpu", "gpu"]
     ops, stock_ops = Counter(result.report["ops"]), Counter(stock.report["ops"])
     assert ops["PRELU"] == 5 and stock_ops["PRELU"] == 0
     assert (stock_ops - ops) == Counter({"RELU": 5, "SUB": 5, "MUL": 10})

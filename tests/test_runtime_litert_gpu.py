@@ -40,7 +40,9 @@ def lavapipe() -> Path:
 
 
 def _convert(module: nn.Module, x: torch.Tensor, path: Path) -> Path:
-    tflite.convert(ConversionRequest(module=module.eval(), example_input=x, precision="fp32", out_path=path))
+    """Convert as the bundle's GPU artifact is (the CPU artifacts' PRELU ops do not run on this GPU)."""
+    tflite.convert(ConversionRequest(module=module.eval(), example_input=x, precision="fp32", out_path=path,
+                                     options={"delegate": "gpu"}))
     return path
 
 
