@@ -97,9 +97,9 @@ from converters.common import (
 #: Bumped whenever this module writes a different file for the same request, so
 #: ``espnet_mobile.convert`` rebuilds cached artifacts (2: shared quantization vectors;
 #: 3: high-gain convs and their PReLUs in float; 4: int8 PReLU slopes tiled along the width;
-#: 5: int8 BatchNorm affines folded into the conv ahead of a resize or pool, float PReLUs
-#: as one PRELU op).
-WRITER_VERSION = 5
+#: 5: int8 BatchNorm affines folded into the conv ahead of a resize or pool; 6: float PReLUs
+#: as one PRELU op, those files CPU-only).
+WRITER_VERSION = 6
 
 TARGET = "tflite"
 INSTALL_HINT = "pip install litert-torch==0.10.0"
