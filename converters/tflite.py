@@ -327,7 +327,8 @@ def _rewrite_eval_batch_norm(gm: torch.fx.GraphModule) -> int:
     return count
 
 
-def _int_arg(node: torch.fx.Node, index: int, name: str, default: Any) -> Any:
+def _node_arg(node: torch.fx.Node, index: int, name: str, default: Any) -> Any:
+    """Argument ``index`` of a call node, or its keyword ``name``, or ``default``."""
     if len(node.args) > index:
         return node.args[index]
     return node.kwargs.get(name, default)
@@ -344,10 +345,10 @@ def _is_pointwise_depthwise(gm: torch.fx.GraphModule, node: torch.fx.Node, chann
     if bias is not None and _constant_value(gm, bias) is None:
         return False
     as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else [v, v]  # noqa: E731
-    return (as_list(_int_arg(node, 3, "stride", 1)) == [1, 1]
-            and as_list(_int_arg(node, 4, "padding", 0)) == [0, 0]
-            and as_list(_int_arg(node, 5, "dilation", 1)) == [1, 1]
-            and _int_arg(node, 6, "groups", 1) == channels)
+    return (as_list(_node_arg(node, 3, "stride", 1)) == [1, 1]
+            and as_list(_node_arg(node, 4, "padding", 0)) == [0, 0]
+            and as_list(_node_arg(node, 5, "dilation", 1)) == [1, 1]
+            and _node_arg(node, 6, "groups", 1) == channels)
 
 
 def _fake_like(ref: torch.fx.Node, shape: Sequence[int]) -> Any:
@@ -375,7 +376,7 @@ def _split_affine_after_cat(gm: torch.fx.GraphModule) -> int:
         if node.op != "call_function" or node.target != cat or len(node.users) != 1:
             continue
         inputs = node.args[0]
-        dim = _int_arg(node, 1, "dim", 0)
+        dim = _node_arg(node, 1, "dim", 0)
         val = node.meta.get("val")
         if val is None or val.dim() != 4 or dim not in (1, -3) or len(inputs) < 2:
             continue
@@ -444,11 +445,11 @@ def _passes_affine_through(gm: torch.fx.GraphModule, node: torch.fx.Node, channe
     if node.target == _aten("transpose", "int"):
         return {int(d) % 4 for d in node.args[1:3]} <= {2, 3}
     if node.target == _aten("avg_pool2d"):
-        padding = _int_arg(node, 3, "padding", 0)
+        padding = _node_arg(node, 3, "padding", 0)
         return all(int(p) == 0 for p in (padding if isinstance(padding, (list, tuple)) else [padding]))
     if node.target == _aten("linear"):
         weight = _constant_value(gm, node.args[1])
-        bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        bias = _node_arg(node, 2, "bias", None)
         return (bias is None and weight is not None and weight.dim() == 2
                 and bool(torch.allclose(weight.detach().sum(dim=1), torch.ones(weight.shape[0]), atol=1e-6)))
     return False
@@ -478,7 +479,7 @@ def _fold_affine_into_conv(gm: torch.fx.GraphModule, max_gain: float | None) -> 
         scale = _constant_value(gm, node.args[1]).detach().reshape(channels)
         if max_gain and float(scale.abs().max()) > max_gain:
             continue
-        bias_arg = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        bias_arg = _node_arg(node, 2, "bias", None)
         shift = _constant_value(gm, bias_arg) if bias_arg is not None else None
         producer = node.args[0]
         while (isinstance(producer, torch.fx.Node) and len(producer.users) == 1
@@ -488,7 +489,7 @@ def _fold_affine_into_conv(gm: torch.fx.GraphModule, max_gain: float | None) -> 
                 and producer.target == conv2d and len(producer.users) == 1):
             continue
         weight = _constant_value(gm, producer.args[1])
-        old_bias_arg = producer.args[2] if len(producer.args) > 2 else producer.kwargs.get("bias")
+        old_bias_arg = _node_arg(producer, 2, "bias", None)
         old_bias = _constant_value(gm, old_bias_arg) if old_bias_arg is not None else None
         if weight is None or weight.shape[0] != channels or (old_bias_arg is not None and old_bias is None):
             continue
@@ -908,6 +909,31 @@ def _schema() -> Any:
     return schema
 
 
+def _unpack(model_bytes: bytes) -> Any:
+    """The object-API model of a flatbuffer, ready to be packed again by :func:`_pack`.
+
+    Large files (fp16 ones here) keep constants after the flatbuffer, referenced by
+    offset; packing drops that tail, so such buffers are read in as inline data.
+    """
+    model = _schema().ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    for buffer in model.buffers or []:
+        if getattr(buffer, "offset", 0) > 1:
+            buffer.data = np.frombuffer(model_bytes, dtype=np.uint8, count=buffer.size, offset=buffer.offset)
+            buffer.offset, buffer.size = 0, 0
+    return model
+
+
+@functools.cache
+def _builtin_names() -> dict[int, str]:
+    return {v: k for k, v in vars(_schema().BuiltinOperator).items() if not k.startswith("_")}
+
+
+def _op_name(model: Any, op: Any, default: str = "CUSTOM") -> str:
+    """The builtin name of ``op`` (``default`` for a custom op)."""
+    code = model.operatorCodes[op.opcodeIndex]
+    return _builtin_names().get(max(code.builtinCode, code.deprecatedBuiltinCode), default)
+
+
 def _opcode_index(model: Any, builtin: int, version: int) -> int:
     schema = _schema()
     for i, code in enumerate(model.operatorCodes or []):
@@ -944,7 +970,7 @@ def _float_io(model_bytes: bytes) -> tuple[bytes, list[str]]:
     """
     schema = _schema()
     integer = (schema.TensorType.INT8, schema.TensorType.UINT8)
-    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    model = _unpack(model_bytes)
     changes: list[str] = []
     for sg_index, sub in enumerate(model.subgraphs):
         remap: dict[int, int] = {}
@@ -1003,17 +1029,10 @@ def _native_prelu(model_bytes: bytes) -> tuple[bytes, int]:
     new flatbuffer and the number of PReLUs rewritten (bytes unchanged when 0).
     """
     schema = _schema()
-    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    for buffer in model.buffers or []:
-        # fp16 files keep large constants after the flatbuffer, by offset; packing again drops that tail.
-        if getattr(buffer, "offset", 0) > 1:
-            buffer.data = np.frombuffer(model_bytes, dtype=np.uint8, count=buffer.size, offset=buffer.offset)
-            buffer.offset, buffer.size = 0, 0
+    model = _unpack(model_bytes)
 
     def kind(op: Any) -> str:
-        code = model.operatorCodes[op.opcodeIndex]
-        return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+        return _op_name(model, op, "")
 
     def fused(op: Any) -> int:
         options = op.builtinOptions
@@ -1111,8 +1130,7 @@ def share_quantization_vectors(model_bytes: bytes) -> bytes:
     Returns ``model_bytes`` unchanged when sharing would not make it smaller
     (float models have no quantization vectors).
     """
-    schema = _schema()
-    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    model = _unpack(model_bytes)
     packed = _pack(model, len(model_bytes))
     return packed if len(packed) < len(model_bytes) else model_bytes
 
@@ -1136,15 +1154,13 @@ def inspect_tflite(model: bytes | str | Path) -> dict[str, Any]:
     schema = _schema()
     data = Path(model).read_bytes() if isinstance(model, (str, Path)) else bytes(model)
     m = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     ops: Counter = Counter()
     float_ops: Counter = Counter()
     for sub in m.subgraphs:
         const = {i for i, t in enumerate(sub.tensors) if t.buffer and m.buffers[t.buffer].data is not None
                  and len(m.buffers[t.buffer].data)}
         for op in sub.operators or []:
-            code = m.operatorCodes[op.opcodeIndex]
-            name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+            name = _op_name(m, op)
             ops[name] += 1
             if name in _BOUNDARY_OPS:
                 continue
