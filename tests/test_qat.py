@@ -273,6 +273,20 @@ def test_loss_decreases_on_a_fixed_batch():
 # --------------------------------------------------------------------------- data
 
 
+@pytest.mark.parametrize("kind, given, expected", [
+    ("synthetic", [], qat.LABELLED_LR), ("voc", [], qat.LABELLED_LR), ("distill", [], qat.DISTILL_LR),
+    ("distill", ["--lr", "2e-4"], 2e-4), ("synthetic", ["--lr", "2e-6"], 2e-6)])
+def test_default_learning_rate_follows_the_data(tmp_path, kind, given, expected):
+    """Labels let QAT keep learning the task at a higher rate; distillation must stay near its teacher."""
+    from types import SimpleNamespace
+
+    cfg, _ = qat.config_from_args(qat.build_parser().parse_args(_cli("--backend", "xnnpack", *given)))
+    run = qat.Run(cfg, tmp_path, qat.Dist(), progress=False)
+    run.data = SimpleNamespace(kind=kind, distill=kind == "distill")
+    run._steps_for(10)
+    assert run.cfg.lr == expected
+
+
 def test_batches_are_a_pure_function_of_seed_and_step_and_split_over_processes():
     data = qat_data.load_data("synthetic:2", height=SIZE, width=SIZE, num_classes=21)
     kw = {"seed": 3, "phase": "qat", "step": 5, "height": SIZE, "width": SIZE}
