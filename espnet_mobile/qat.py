@@ -30,7 +30,11 @@ statistics still update while BatchNorm trains).
 
 Scores: mIoU over the classes present in the held-out labels and pixel
 accuracy (:func:`espnet_mobile.qat_eval.scores`); ``*_miou_all`` in
-``metrics.json`` also averages classes that are only predicted.
+``metrics.json`` also averages classes that are only predicted, and
+``class_iou`` gives fp32, PTQ and QAT IoU class by class. For ``distill:``,
+``class_coverage`` counts the teacher's confident pixels per class on the
+training photos and the held-out crops, and the run warns about held-out
+classes no training photo shows: QAT cannot learn to keep them.
 
 Loss: cross-entropy on labels (255 ignored); for ``distill:`` cross-entropy on
 the teacher's argmax plus KL divergence on temperature-softened logits (T=2).
@@ -95,6 +99,8 @@ MAX_EVALS_PER_PHASE = 10
 #: per-process batch statistics (and keeps process 0's running statistics).
 DDP_MIOU_TOLERANCE = 2.0
 CALIBRATION_IMAGES = 32
+#: Training photos (each whole and flipped) on which distillation checks which classes it can learn.
+COVERAGE_PHOTOS = 64
 METRICS_NAME = "metrics.json"
 FP32_WEIGHTS_NAME = "fp32_finetuned.pth"
 INT8_SOURCE = {
@@ -450,6 +456,7 @@ class Run:
         self.wall_before = 0.0
         self.started = time.perf_counter()
         self.frozen: list[str] = []  # parameters QAT leaves untrained (high gain)
+        self.coverage: dict[str, Any] | None = None  # distillation: classes the training photos show
 
     # ------------------------------------------------------------------ helpers
 
@@ -511,8 +518,15 @@ class Run:
                  f"fp32 phase {cfg.fp32_steps} steps, QAT {cfg.steps} steps of {cfg.batch_size} "
                  f"({self.dist.world} process{'es' if self.dist.enabled else ''})")
         base_state = self.base["base_state"]
+        self.coverage = None
         if self.data.distill:
             self._label_heldout_with_teacher(base_state)
+            self.coverage = self._class_coverage(base_state)
+            if self.coverage["absent_from_training"]:
+                self.log(f"warning: the held-out crops show {', '.join(self.coverage['absent_from_training'])}, "
+                         "which the teacher finds in none of the training photos; QAT cannot learn to keep "
+                         "those classes, yet they count in the held-out mIoU (see class_coverage in "
+                         f"{METRICS_NAME}). Add photos that show them.")
         phase = ckpt["phase"] if ckpt else ("fp32" if cfg.fp32_steps else "qat")
         history = list(ckpt.get("history", [])) if ckpt else []
         if phase == "done":
@@ -555,6 +569,14 @@ class Run:
         teacher = G.trainable_deployable(_reference(self.entry, teacher_state), self.entry, self.h, self.w).eval()
         labels = E.teacher_labels(teacher, self.data.heldout_inputs)
         object.__setattr__(self.data, "heldout_labels", labels)
+
+    def _class_coverage(self, teacher_state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The teacher's confident classes on the training photos (whole, at the input size) and held-out crops."""
+        teacher = G.trainable_deployable(_reference(self.entry, teacher_state), self.entry, self.h, self.w).eval()
+        photos = D.calibration_inputs(self.data, seed=self.cfg.seed, count=COVERAGE_PHOTOS, height=self.h,
+                                      width=self.w)
+        train_labels = E.teacher_labels(teacher, np.concatenate(photos))
+        return E.class_coverage(train_labels, self.data.heldout_labels, self.entry.data.classes)
 
     def _unscored(self) -> float:
         return float(np.mean(self.data.heldout_labels == D.IGNORE))
@@ -694,6 +716,7 @@ class Run:
         return {"fp32_miou": fp32["miou"], "ptq_int8_miou": ptq["miou"],
                 "fp32_pixel_acc": fp32["pixel_acc"], "ptq_int8_pixel_acc": ptq["pixel_acc"],
                 "fp32_miou_all": fp32["miou_all"], "ptq_int8_miou_all": ptq["miou_all"],
+                "fp32_class_iou": fp32["class_iou"], "ptq_int8_class_iou": ptq["class_iou"],
                 "ptq_artifact": artifact,
                 "ptq_int8_from": "simulated" if artifact is None else "artifact",
                 "calibration_inputs": len(calibration)}
@@ -719,6 +742,7 @@ class Run:
             record["int8_miou"] = artifact.get("miou")
             record["int8_miou_all"] = artifact.get("miou_all")
             record["int8_pixel_acc"] = artifact.get("pixel_acc")
+            record["int8_class_iou"] = artifact.get("class_iou")
             record["artifact"] = info
             record["int8_from"] = "artifact"
         else:
@@ -727,6 +751,7 @@ class Run:
             record["int8_miou"] = record["fake_quant_miou"]
             record["int8_miou_all"] = record["fake_quant_miou_all"]
             record["int8_pixel_acc"] = record["fake_quant_pixel_acc"]
+            record["int8_class_iou"] = record["fake_quant_class_iou"]
             record["int8_from"] = "fake-quant"
         if final and cfg.backend == "coreml":
             path = self.out / f"qat_int8{G.ARTIFACT_SUFFIX[cfg.backend]}"
@@ -883,6 +908,8 @@ class Run:
                                 + (f" --weights {self.fp32_weights_file}" if self.fp32_weights_file else "")),
             "ptq_calibration_inputs": baselines.get("calibration_inputs"),
             "ptq_artifact": baselines.get("ptq_artifact"), "qat_artifact": final.get("artifact"),
+            "class_iou": _class_table(self.entry.data.classes, baselines, final),
+            "class_coverage": self.coverage,
             "untrained_parameters": list(self.frozen),
             "batchnorm": report, "history": history,
         }
@@ -892,6 +919,19 @@ class Run:
 
 
 # --------------------------------------------------------------------------- small helpers
+
+
+def _class_table(names: Any, baselines: dict[str, Any], final: dict[str, Any]) -> dict[str, dict[str, float]] | None:
+    """IoU per held-out class, ``{class: {"fp32", "ptq_int8", "qat_int8"}}``; where the mIoU gap lies.
+
+    None for runs whose baselines were measured before per-class IoU was recorded.
+    """
+    columns = {"fp32": baselines.get("fp32_class_iou"), "ptq_int8": baselines.get("ptq_int8_class_iou"),
+               "qat_int8": final.get("int8_class_iou")}
+    if any(v is None for v in columns.values()):
+        return None
+    return {names[int(c)]: {k: v.get(c) for k, v in columns.items()}
+            for c in sorted(set().union(*columns.values()), key=int)}
 
 
 def _gap_closed(fp32: float | None, ptq: float | None, qat: float | None) -> float | None:

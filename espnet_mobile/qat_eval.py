@@ -58,8 +58,8 @@ def predict_one_by_one(fn: Callable[[torch.Tensor], torch.Tensor], inputs: np.nd
     return predict(fn, inputs, batch=1)
 
 
-def scores(masks: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
-    """mIoU and pixel accuracy (both in percent) of argmax masks against labels, over scored pixels.
+def scores(masks: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """mIoU, pixel accuracy and IoU per labelled class (all in percent) of argmax masks against labels.
 
     ``miou`` averages the classes present in the labels (:func:`metrics.miou_labelled`).
     ``miou_all`` also averages classes only predicted, each at IoU 0: on the 24 held-out crops of
@@ -72,12 +72,33 @@ def scores(masks: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str,
         conf += metrics.confusion(m, t, num_classes)
     total = conf.sum()
     accuracy = float(np.trace(conf) / total * 100.0) if total else float("nan")
+    ious = metrics.iou_per_class(conf)
     return {"miou": round(metrics.miou_labelled(conf), 4), "miou_all": round(metrics.miou(conf), 4),
-            "pixel_acc": round(accuracy, 4)}
+            "pixel_acc": round(accuracy, 4),
+            "class_iou": {str(c): round(float(ious[c]) * 100.0, 2) for c in np.flatnonzero(conf.sum(1))}}
+
+
+def class_pixels(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Scored pixels of each class in label masks (255 skipped)."""
+    kept = labels[labels != metrics.IGNORE].astype(np.int64)
+    return np.bincount(kept, minlength=num_classes)[:num_classes]
+
+
+def class_coverage(train_labels: np.ndarray, heldout_labels: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """Which classes of the held-out labels the training data shows at all.
+
+    QAT can only learn to keep what it sees: a class scored on the held-out split but absent
+    from every training image still counts in the held-out mIoU, with nothing to train it on.
+    """
+    train = class_pixels(train_labels, len(names))
+    held = class_pixels(heldout_labels, len(names))
+    return {"heldout_pixels": {names[c]: int(held[c]) for c in np.flatnonzero(held)},
+            "train_pixels": {names[c]: int(train[c]) for c in np.flatnonzero(train)},
+            "absent_from_training": [names[c] for c in np.flatnonzero(held) if train[c] == 0]}
 
 
 def qat_scores(gm: torch.fx.GraphModule, inputs: np.ndarray, labels: np.ndarray,
-               num_classes: int) -> dict[str, float]:
+               num_classes: int) -> dict[str, Any]:
     """Scores of the QAT graph without and with fake quantization (inference mode, state untouched)."""
     with G.inference_mode(gm, fake_quant=False):
         fp32 = scores(predict(gm, inputs), labels, num_classes)
@@ -85,7 +106,8 @@ def qat_scores(gm: torch.fx.GraphModule, inputs: np.ndarray, labels: np.ndarray,
         fq = scores(predict(gm, inputs), labels, num_classes)
     return {"fp32_miou": fp32["miou"], "fake_quant_miou": fq["miou"],
             "fp32_pixel_acc": fp32["pixel_acc"], "fake_quant_pixel_acc": fq["pixel_acc"],
-            "fp32_miou_all": fp32["miou_all"], "fake_quant_miou_all": fq["miou_all"]}
+            "fp32_miou_all": fp32["miou_all"], "fake_quant_miou_all": fq["miou_all"],
+            "fake_quant_class_iou": fq["class_iou"]}
 
 
 # --------------------------------------------------------------------------- artifacts

@@ -328,14 +328,33 @@ def test_scores_give_pixel_accuracy_next_to_miou():
     labels[0, 0, 0] = 255  # not scored
     masks = labels.copy()
     masks[0, 0, 0] = 2  # an unscored pixel: counts nowhere
-    assert qat_eval.scores(masks, labels, 3) == {"miou": 100.0, "miou_all": 100.0, "pixel_acc": 100.0}
+    assert qat_eval.scores(masks, labels, 3) == {"miou": 100.0, "miou_all": 100.0, "pixel_acc": 100.0,
+                                                 "class_iou": {"0": 100.0, "1": 100.0}}
     masks[0, 9, 9] = 2  # one pixel of a class the labels lack
     s = qat_eval.scores(masks, labels, 3)
+    assert s["class_iou"] == {"0": 100.0, "1": round(49 / 50 * 100, 2)}  # labelled classes only
     # IoU: class 0 = 49/49, class 1 = 49/50, class 2 = 0/1. Over the labelled classes the stray pixel
     # costs class 1 a fiftieth; over every class that occurs it costs a third of the mean.
     assert s["miou"] == pytest.approx((1 + 49 / 50) / 2 * 100, abs=1e-3)
     assert s["miou_all"] == pytest.approx((1 + 49 / 50 + 0) / 3 * 100, abs=1e-3)
     assert s["pixel_acc"] == pytest.approx(98 / 99 * 100, abs=1e-3)
+
+
+def test_class_coverage_names_held_out_classes_the_training_photos_lack():
+    train = np.array([[[0, 0, 1], [1, 255, 0]]], np.uint8)
+    held = np.array([[[0, 2, 2], [1, 3, 255]]], np.uint8)
+    cov = qat_eval.class_coverage(train, held, ["bg", "car", "cat", "dog"])
+    assert cov == {"heldout_pixels": {"bg": 1, "car": 1, "cat": 2, "dog": 1},
+                   "train_pixels": {"bg": 3, "car": 2}, "absent_from_training": ["cat", "dog"]}
+
+
+def test_class_table_puts_the_three_models_side_by_side():
+    baselines = {"fp32_class_iou": {"0": 100.0, "2": 100.0}, "ptq_int8_class_iou": {"0": 98.0, "2": 54.6}}
+    final = {"int8_class_iou": {"0": 98.2, "2": 44.4}}
+    assert qat._class_table(["bg", "car", "motorbike"], baselines, final) == {
+        "bg": {"fp32": 100.0, "ptq_int8": 98.0, "qat_int8": 98.2},
+        "motorbike": {"fp32": 100.0, "ptq_int8": 54.6, "qat_int8": 44.4}}
+    assert qat._class_table(["bg"], {"fp32_class_iou": {"0": 1.0}}, final) is None  # an older checkpoint
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -563,6 +582,40 @@ def test_simulated_xnnpack_ptq_quantizes_as_the_converter_does(monkeypatch, tmp_
     simulated, converter = calls  # the converter got as far as quantizing
     assert {**defaults, **simulated} == {**defaults, **converter}
     assert converter["float_prelu_affines"] is True
+
+
+@pytest.mark.slow
+def test_distill_run_reports_classes_it_cannot_learn(tmp_path, tiny_weights, capsys, monkeypatch):
+    """A class that only the held-out photo shows is named in the log and in metrics.json."""
+    from PIL import Image
+
+    from espnet_mobile import synthetic
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, (rgb, _) in enumerate(synthetic.scenes(4, 80, 80, 21)):
+        rgb = rgb // 2  # no pure red anywhere ...
+        if i == qat_data.HOLDOUT_EVERY - 1:
+            rgb[20:60, 20:60] = (255, 0, 0)  # ... but in the held-out photo
+        Image.fromarray(rgb).save(photos / f"p{i}.png")
+
+    def red_is_bicycle(teacher, inputs, confidence=qat_eval.TEACHER_CONFIDENCE, batch=qat_eval.EVAL_BATCH):
+        red = (inputs[:, 0] > 0.9) & (inputs[:, 1] < 0.1)
+        return np.where(red, 2, 0).astype(np.uint8)  # VOC class 2: bicycle
+
+    monkeypatch.setattr(qat_eval, "teacher_labels", red_is_bicycle)
+    argv = _run_args(tmp_path / "run", tiny_weights)
+    argv[argv.index("synthetic:3")] = f"distill:{photos}"
+    argv[argv.index("--fp32-steps") + 1] = "0"
+    argv[argv.index("--steps") + 1] = "2"
+    assert qat.main(argv) == 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    cov = m["class_coverage"]
+    assert cov["absent_from_training"] == ["bicycle"] and set(cov["heldout_pixels"]) == {"background", "bicycle"}
+    assert cov["train_pixels"] == {"background": cov["train_pixels"]["background"]}
+    assert set(m["class_iou"]) == {"background", "bicycle"}
+    assert set(m["class_iou"]["bicycle"]) == {"fp32", "ptq_int8", "qat_int8"}
+    assert "warning: the held-out crops show bicycle" in capsys.readouterr().out
 
 
 @pytest.mark.slow
