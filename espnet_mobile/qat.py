@@ -33,7 +33,7 @@ accuracy (:func:`espnet_mobile.qat_eval.scores`); ``*_miou_all`` in
 ``metrics.json`` also averages classes that are only predicted, and
 ``class_iou`` gives fp32, PTQ and QAT IoU class by class. For ``distill:``,
 ``class_coverage`` counts the teacher's confident pixels per class on the
-training photos and the held-out crops, and the run warns about held-out
+training photos (cut into the held-out views) and the held-out crops, and the run warns about held-out
 classes no training photo shows: QAT cannot learn to keep them.
 
 Loss: cross-entropy on labels (255 ignored); for ``distill:`` cross-entropy on
@@ -99,7 +99,7 @@ MAX_EVALS_PER_PHASE = 10
 #: per-process batch statistics (and keeps process 0's running statistics).
 DDP_MIOU_TOLERANCE = 2.0
 CALIBRATION_IMAGES = 32
-#: Training photos (each whole and flipped) on which distillation checks which classes it can learn.
+#: Training photos (each cut into the held-out views) on which distillation checks which classes it can learn.
 COVERAGE_PHOTOS = 64
 METRICS_NAME = "metrics.json"
 FP32_WEIGHTS_NAME = "fp32_finetuned.pth"
@@ -571,11 +571,10 @@ class Run:
         object.__setattr__(self.data, "heldout_labels", labels)
 
     def _class_coverage(self, teacher_state: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """The teacher's confident classes on the training photos (whole, at the input size) and held-out crops."""
+        """The teacher's confident classes on the training photos (cut as held-out photos are) and held-out crops."""
         teacher = G.trainable_deployable(_reference(self.entry, teacher_state), self.entry, self.h, self.w).eval()
-        photos = D.calibration_inputs(self.data, seed=self.cfg.seed, count=COVERAGE_PHOTOS, height=self.h,
-                                      width=self.w)
-        train_labels = E.teacher_labels(teacher, np.concatenate(photos))
+        views = D.training_views(self.data, seed=self.cfg.seed, count=COVERAGE_PHOTOS, height=self.h, width=self.w)
+        train_labels = E.teacher_labels(teacher, views)
         return E.class_coverage(train_labels, self.data.heldout_labels, self.entry.data.classes)
 
     def _unscored(self) -> float:

@@ -253,6 +253,21 @@ def batch(data: QATData, *, seed: int, phase: str, step: int, global_batch: int,
     return x, y
 
 
+def training_views(data: QATData, *, seed: int, count: int, height: int, width: int) -> np.ndarray:
+    """Up to ``count`` training images, each cut into :data:`HOLDOUT_VIEWS` as held-out photos are: (N, 3, H, W).
+
+    What training crops can show, at the zooms the held-out crops use: a class the teacher finds
+    only when zoomed in is missed by a look at whole photos.
+    """
+    n = len(data.train)
+    picks = list(range(n)) if n <= count else sorted(_rng(seed, PHASES["calibration"]).choice(n, count, False))
+    views = []
+    for i in picks:
+        rgb, _ = data.train[i]()
+        views += [_view(rgb, *view, height, width).transpose(2, 0, 1) for view in HOLDOUT_VIEWS]
+    return np.stack(views).astype(np.float32) / 255.0
+
+
 def calibration_inputs(data: QATData, *, seed: int, count: int, height: int, width: int) -> list[np.ndarray]:
     """Inputs for the PTQ baseline: training images resized whole (and flipped), as ``convert`` calibrates."""
     from espnet_mobile.preprocess import preprocess

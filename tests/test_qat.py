@@ -312,6 +312,11 @@ def test_distill_data_holds_out_photos(tmp_path):
     assert held == {"p3", "p7"} and not held & {Path(n).stem for n in data.train_names}
     assert data.heldout_inputs.shape == (2 * len(qat_data.HOLDOUT_VIEWS), 3, SIZE, SIZE)
     assert data.heldout_labels is None
+    # The class-coverage check sees the training photos through the same views.
+    views = qat_data.training_views(data, seed=0, count=4, height=SIZE, width=SIZE)
+    assert views.shape == (4 * len(qat_data.HOLDOUT_VIEWS), 3, SIZE, SIZE) and views.dtype == np.float32
+    assert 0.0 <= views.min() and views.max() <= 1.0
+    assert len(np.unique(views[:: len(qat_data.HOLDOUT_VIEWS)], axis=0)) == 4  # four different photos
 
 
 def test_teacher_labels_skip_unsure_pixels():
