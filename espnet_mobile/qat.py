@@ -518,10 +518,10 @@ class Run:
                  f"fp32 phase {cfg.fp32_steps} steps, QAT {cfg.steps} steps of {cfg.batch_size} "
                  f"({self.dist.world} process{'es' if self.dist.enabled else ''})")
         base_state = self.base["base_state"]
-        self.coverage = None
         if self.data.distill:
-            self._label_heldout_with_teacher(base_state)
-            self.coverage = self._class_coverage(base_state)
+            teacher = G.trainable_deployable(_reference(self.entry, base_state), self.entry, self.h, self.w).eval()
+            object.__setattr__(self.data, "heldout_labels", E.teacher_labels(teacher, self.data.heldout_inputs))
+            self.coverage = self._class_coverage(teacher)
             if self.coverage["absent_from_training"]:
                 self.log(f"warning: the held-out crops show {', '.join(self.coverage['absent_from_training'])}, "
                          "which the teacher finds in none of the training photos; QAT cannot learn to keep "
@@ -565,17 +565,10 @@ class Run:
 
     # ------------------------------------------------------------------ data and evaluation
 
-    def _label_heldout_with_teacher(self, teacher_state: dict[str, torch.Tensor]) -> None:
-        teacher = G.trainable_deployable(_reference(self.entry, teacher_state), self.entry, self.h, self.w).eval()
-        labels = E.teacher_labels(teacher, self.data.heldout_inputs)
-        object.__setattr__(self.data, "heldout_labels", labels)
-
-    def _class_coverage(self, teacher_state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def _class_coverage(self, teacher: nn.Module) -> dict[str, Any]:
         """The teacher's confident classes on the training photos (cut as held-out photos are) and held-out crops."""
-        teacher = G.trainable_deployable(_reference(self.entry, teacher_state), self.entry, self.h, self.w).eval()
         views = D.training_views(self.data, seed=self.cfg.seed, count=COVERAGE_PHOTOS, height=self.h, width=self.w)
-        train_labels = E.teacher_labels(teacher, views)
-        return E.class_coverage(train_labels, self.data.heldout_labels, self.entry.data.classes)
+        return E.class_coverage(E.teacher_labels(teacher, views), self.data.heldout_labels, self.entry.data.classes)
 
     def _unscored(self) -> float:
         return float(np.mean(self.data.heldout_labels == D.IGNORE))

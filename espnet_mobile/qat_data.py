@@ -123,6 +123,11 @@ def _view(rgb: np.ndarray, side: float, cy: float, cx: float, height: int, width
     return _resize_box(rgb, (x0, y0, x0 + cw, y0 + ch), width, height)
 
 
+def _holdout_views(rgb: np.ndarray, height: int, width: int) -> list[np.ndarray]:
+    """The :data:`HOLDOUT_VIEWS` of a photo as model inputs: (3, H, W) float32 in [0, 1] each."""
+    return [_view(rgb, *view, height, width).transpose(2, 0, 1).astype(np.float32) / 255.0 for view in HOLDOUT_VIEWS]
+
+
 def _resize_box(rgb: np.ndarray, box, width: int, height: int) -> np.ndarray:
     img = Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR, box=box)
     return np.asarray(img, dtype=np.uint8)
@@ -142,10 +147,8 @@ def load_data(text: str, *, height: int, width: int, num_classes: int, eval_limi
         train = [f for f in files if f not in held]
         views, names = [], []
         for f in held:
-            rgb = load_rgb(f)
-            for j, view in enumerate(HOLDOUT_VIEWS):
-                views.append(_view(rgb, *view, height, width).transpose(2, 0, 1).astype(np.float32) / 255.0)
-                names.append(f"{f.stem}#{j}")
+            views += _holdout_views(load_rgb(f), height, width)
+            names += [f"{f.stem}#{j}" for j in range(len(HOLDOUT_VIEWS))]
         loaders = [_photo_loader(f) for f in train]
         return QATData(text, kind, loaders, [f.name for f in train], np.stack(views), None, names)
 
@@ -259,23 +262,24 @@ def training_views(data: QATData, *, seed: int, count: int, height: int, width: 
     What training crops can show, at the zooms the held-out crops use: a class the teacher finds
     only when zoomed in is missed by a look at whole photos.
     """
-    n = len(data.train)
-    picks = list(range(n)) if n <= count else sorted(_rng(seed, PHASES["calibration"]).choice(n, count, False))
     views = []
-    for i in picks:
-        rgb, _ = data.train[i]()
-        views += [_view(rgb, *view, height, width).transpose(2, 0, 1) for view in HOLDOUT_VIEWS]
-    return np.stack(views).astype(np.float32) / 255.0
+    for i in _training_picks(data, seed, count):
+        views += _holdout_views(data.train[i]()[0], height, width)
+    return np.stack(views)
+
+
+def _training_picks(data: QATData, seed: int, count: int) -> list[int]:
+    """All training items, or ``count`` of them drawn once per seed (the same draw for every caller)."""
+    n = len(data.train)
+    return list(range(n)) if n <= count else sorted(_rng(seed, PHASES["calibration"]).choice(n, count, False))
 
 
 def calibration_inputs(data: QATData, *, seed: int, count: int, height: int, width: int) -> list[np.ndarray]:
     """Inputs for the PTQ baseline: training images resized whole (and flipped), as ``convert`` calibrates."""
     from espnet_mobile.preprocess import preprocess
 
-    n = len(data.train)
-    picks = list(range(n)) if n <= count else sorted(_rng(seed, PHASES["calibration"]).choice(n, count, False))
     out = []
-    for i in picks:
+    for i in _training_picks(data, seed, count):
         rgb, _ = data.train[i]()
         out.append(preprocess(rgb, height, width))
         out.append(preprocess(np.ascontiguousarray(rgb[:, ::-1]), height, width))
