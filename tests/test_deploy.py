@@ -164,3 +164,29 @@ def test_espnetv2_deployable_graph_has_no_average_pooling() -> None:
     model = em.create_model("espnetv2_s_0.5_pascal_256x256")
     counts = exported_op_counts(export(make_deployable(model, "espnetv2_s_0.5_pascal_256x256")))
     assert not any("avg_pool" in name for name in counts), counts
+
+
+@pytest.mark.parametrize(("shuffle_groups", "c_in", "c_out", "groups"),
+                         [(5, 50, 10, 10), (4, 24, 12, 6), (3, 12, 4, 2)])
+def test_shuffle_folded_into_grouped_conv_is_exact(shuffle_groups: int, c_in: int, c_out: int, groups: int) -> None:
+    from espnet_mobile.deploy import ChannelShuffleFixed, shuffle_into_grouped_conv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1, groups=groups, bias=True)
+    x = torch.randn(1, c_in, 9, 7)
+    dense = shuffle_into_grouped_conv(shuffle_groups, conv)
+    assert dense.groups == 1 and dense.weight.shape == (c_out, c_in, 3, 3)
+    with torch.no_grad():
+        expected = conv(ChannelShuffleFixed(shuffle_groups, c_in, (9, 7))(x))
+        assert torch.allclose(dense(x), expected, atol=1e-5)
+        # Without the shuffle the grouped conv reads other channels: the fold is not the identity.
+        assert not torch.allclose(dense(x), conv(x), atol=1e-3)
+
+
+def test_espnetv2_pyramid_merge_has_no_shuffle() -> None:
+    """The pyramid pools merge with one dense conv: no 5-D reshape/transpose is left in the graph."""
+    model = em.create_model("espnetv2_s_0.5_pascal_256x256")
+    program = export(make_deployable(model, "espnetv2_s_0.5_pascal_256x256"))
+    ranks = {len(node.meta["val"].shape) for node in program.graph.nodes
+             if node.op == "call_function" and hasattr(node.meta.get("val"), "shape")}
+    assert ranks and max(ranks) <= 4, ranks
