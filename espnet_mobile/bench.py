@@ -3,14 +3,21 @@
     python -m espnet_mobile.bench artifacts/<model_id> [--rounds 30] [--warmup 5] [--threads N]
 
 Every runner gets the same input; rounds are interleaved (one call of each
-runner per round), so load from other processes on a shared machine affects
-all of them alike. Ratios are speed-ups over eager fp32 (higher is faster).
-The project's targets are checked and printed, never asserted in unit tests.
+runner per round), so load from other processes on a shared machine reaches
+all of them. It does not reach them alike: a runtime that uses several threads
+loses more to a busy core than a single-threaded one (with a QAT run sharing
+this 2-core machine, ExecuTorch int8 measured 25.36 ms against 16.65 ms idle,
+TFLite int8 18.17 against 18.39). So the CPU time other processes take is
+measured for a second before and after the run, a busy machine is named in a
+warning, and each row shows its spread.
+Ratios are speed-ups over eager fp32 (higher is faster). The project's targets
+are checked and printed, never asserted in unit tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -35,6 +42,54 @@ class Row:
     @property
     def median_ms(self) -> float:
         return statistics.median(self.times_ms)
+
+    @property
+    def spread(self) -> float:
+        """(90th - 10th percentile) / median: how much the rounds disagree."""
+        p10, p90 = np.percentile(self.times_ms, [10, 90])
+        return float((p90 - p10) / self.median_ms)
+
+
+#: CPU time other processes use (in cores) above which the machine counts as busy.
+BUSY_CORES = 0.25
+#: How long the CPU is watched before and after the run.
+SAMPLE_SECONDS = 1.0
+
+
+def load_warning(busy: float | None, cores: int | None, when: str = "before the run") -> str | None:
+    """A warning when other processes kept ``busy`` cores working while this benchmark was idle."""
+    if busy is None or busy <= BUSY_CORES:
+        return None
+    return (f"warning: other processes kept {busy:.2f} of {cores or '?'} cores busy {when}: they compete for "
+            "the CPU and slow multi-threaded runtimes more than single-threaded ones, so the ratios are not "
+            "those of an idle machine; re-run when it is idle, or pass --threads 1")
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    """(busy, total) CPU time since boot from /proc/stat, or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+def busy_cores(seconds: float = SAMPLE_SECONDS) -> float | None:
+    """Cores kept busy by other processes over ``seconds`` while this process sleeps (None off Linux).
+
+    Measured rather than taken from the load average, which lags by a minute and so
+    still counts a conversion that has just finished.
+    """
+    first = _cpu_times()
+    if first is None:
+        return None
+    time.sleep(seconds)
+    second = _cpu_times()
+    if second is None or second[1] <= first[1]:
+        return None
+    return (second[0] - first[0]) / (second[1] - first[1]) * (os.cpu_count() or 1)
 
 
 def benchmark(bundle: Path, rounds: int = 30, warmup: int = 5, threads: int | None = None,
@@ -110,13 +165,13 @@ def target_checks(rows: list[Row]) -> list[tuple[str, float, float, bool]]:
 
 def format_table(rows: list[Row]) -> str:
     eager = rows[0].median_ms
-    lines = [f"{'artifact':<28} {'prec':<5} {'median ms':>10} {'speed-up':>9} {'size MB':>8} {'convert s':>10}",
-             "-" * 75]
+    lines = [f"{'artifact':<28} {'prec':<5} {'median ms':>10} {'spread':>7} {'speed-up':>9} {'size MB':>8} "
+             f"{'convert s':>10}", "-" * 83]
     for r in rows:
         size = f"{r.bytes / 1e6:.2f}" if r.bytes else "-"
         conv = f"{r.conversion_seconds:.1f}" if r.conversion_seconds is not None else "-"
-        lines.append(f"{r.name:<28} {r.precision:<5} {r.median_ms:>10.2f} {eager / r.median_ms:>8.2f}x "
-                     f"{size:>8} {conv:>10}")
+        lines.append(f"{r.name:<28} {r.precision:<5} {r.median_ms:>10.2f} {r.spread:>6.0%} "
+                     f"{eager / r.median_ms:>8.2f}x {size:>8} {conv:>10}")
     return "\n".join(lines)
 
 
@@ -131,11 +186,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
+        before = load_warning(busy_cores(), os.cpu_count())
+        if before:
+            print(before, file=sys.stderr)
         rows, notes = benchmark(args.bundle, args.rounds, args.warmup, args.threads, args.weights)
-        print(f"{args.bundle}: {args.rounds} interleaved rounds, median latency per artifact")
+        after = load_warning(busy_cores(), os.cpu_count(), "after the run")
+        print(f"{args.bundle}: {args.rounds} interleaved rounds, median latency per artifact "
+              "(spread: 90th - 10th percentile, over the median)")
         print(format_table(rows))
         for note in notes:
             print(f"  {note}")
+        for warning in (before, after):
+            if warning:
+                print(f"\n{warning}")
         print("\ntargets:")
         for desc, value, target, met in target_checks(rows):
             cmp = ">=" if "speed-up" in desc else "<="

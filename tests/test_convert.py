@@ -118,6 +118,36 @@ def test_bench_runs_reference_and_artifact(tflite_bundle: Path, random_weights: 
     assert all(len(r.times_ms) == 3 and r.median_ms > 0 for r in rows)
 
 
+def test_bench_names_a_busy_machine_and_shows_spread() -> None:
+    from espnet_mobile.bench import BUSY_CORES, Row, format_table, load_warning
+
+    assert load_warning(None, 2) is None and load_warning(BUSY_CORES, 2) is None
+    warning = load_warning(1.65, 2)
+    assert warning.startswith("warning: other processes kept 1.65 of 2 cores busy before the run")
+    assert "--threads 1" in warning
+    # 11 rounds: the 10th and 90th percentiles are the 2nd and 10th sorted times.
+    steady = Row("pytorch eager (reference)", "fp32", None, None, [10.0] * 9 + [10.5, 10.5])
+    noisy = Row("tflite", "int8", 1_000_000, 12.0, [9.0, 5.0, 5.0, 4.0, 5.0, 5.0, 6.0, 5.0, 5.0, 3.0, 5.0])
+    assert steady.spread == pytest.approx(0.05) and noisy.spread == pytest.approx(0.4)
+    table = format_table([steady, noisy]).splitlines()
+    assert table[0].split()[-6:-4] == ["spread", "speed-up"]
+    assert table[2].split()[-4:-2] == ["5%", "1.00x"] and table[3].split()[-4:-2] == ["40%", "2.00x"]
+
+
+def test_bench_sees_another_process_keep_a_core_busy() -> None:
+    from espnet_mobile.bench import busy_cores
+
+    if busy_cores(0.05) is None:
+        pytest.skip("no /proc/stat: CPU time is read on Linux only")
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 5\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.5)
+        assert busy_cores(1.0) >= 0.6  # one spinning process is about one core
+    finally:
+        spin.kill()
+        spin.wait()
+
+
 def test_int8_without_data_is_a_one_line_error(tmp_path, random_weights, capsys, monkeypatch) -> None:
     monkeypatch.delenv("ESPNET_MOBILE_IMAGES", raising=False)
     assert _convert(tmp_path, random_weights, "--target", "tflite", "--precision", "int8") == 2
