@@ -5,7 +5,6 @@ quantization-aware training fine-tunes and that ``convert --qat-checkpoint``
 lowers without calibration:
 
 1. :func:`espnet_mobile.deploy.make_deployable` at the training size, with its
-   fixed-shape channel shuffles made batch-agnostic (``-1`` batch) and the
    baked-in normalization frozen;
 2. ``torch.export`` in training mode with a dynamic batch dimension, so
    BatchNorm stays a training-mode ``aten.batch_norm`` (the form the PT2E
@@ -78,17 +77,12 @@ def backend_quantizer(backend: str, *, qat: bool) -> Any:
 
 def trainable_deployable(model: nn.Module, entry: Any, height: int, width: int) -> nn.Module:
     """The deployable graph at ``height`` x ``width`` that takes any batch size, normalization frozen."""
-    from espnet_mobile.deploy import ChannelShuffleFixed, make_deployable
+    from espnet_mobile.deploy import make_deployable
 
     try:
         deployable = make_deployable(model, entry, height=height, width=width)
     except ValueError as err:
         raise UserError(f"--input-size {height}x{width}: {err}") from None
-    for module in deployable.modules():
-        if isinstance(module, ChannelShuffleFixed):
-            # The shapes are fixed at batch 1; -1 keeps every other dimension fixed.
-            module.split_shape = (-1, *module.split_shape[1:])
-            module.out_shape = (-1, *module.out_shape[1:])
     for p in deployable.normalize.parameters():
         p.requires_grad_(False)
     return deployable
