@@ -119,6 +119,30 @@ def _camvid(root: Path, split: str) -> list[tuple[str, Path, Path]]:
 
 
 LAYOUTS = {"cityscapes": _cityscapes, "voc": _voc, "camvid": _camvid}
+# The label value each layout uses for unlabelled pixels besides 255 (CamVid writes 11).
+UNLABELLED_VALUE = {"camvid": 11}
+
+
+def check_label(label: np.ndarray, kind: str, path: Path) -> np.ndarray:
+    """Map a layout's unlabelled value to IGNORE; a value outside the dataset's classes is a user error.
+
+    Silently ignoring unknown values would score a label folder of another dataset (or an RGB
+    colour-coded label) as if it were this one.
+    """
+    from espnet_mobile.datasets import DATASETS
+
+    scored = len(DATASETS[kind].scored_classes)
+    unlabelled = UNLABELLED_VALUE.get(kind)
+    values = np.unique(label)
+    bad = [int(v) for v in values if v >= scored and v != IGNORE and v != unlabelled]
+    if bad:
+        allowed = f"0-{scored - 1}" + (f", {unlabelled} (unlabelled)" if unlabelled is not None else "")
+        shown = ", ".join(str(v) for v in bad[:8]) + (" ..." if len(bad) > 8 else "")
+        raise UserError(f"label {path} has values {shown} outside the {scored} {kind} classes "
+                        f"({allowed}, {IGNORE} ignored); is it a {kind} label image?")
+    if unlabelled is not None:
+        label = np.where(label == unlabelled, IGNORE, label).astype(np.uint8)
+    return label
 
 
 def iter_samples(spec: DataSpec, *, split: str = "val", height: int = 256, width: int = 256,
@@ -144,6 +168,4 @@ def iter_samples(spec: DataSpec, *, split: str = "val", height: int = 256, width
         label = _read_label(label_path)
         if label.shape != rgb.shape[:2]:
             raise UserError(f"{label_path} is {label.shape[::-1]} but its image is {rgb.shape[1::-1]}")
-        if spec.kind == "camvid":
-            label = np.where(label >= 11, IGNORE, label).astype(np.uint8)
-        yield Sample(name, rgb, label)
+        yield Sample(name, rgb, check_label(label, spec.kind, label_path))

