@@ -183,6 +183,7 @@ def new_manifest(entry: ZooEntry, checkpoint_sha256: str, *, height: int, width:
         "golden": {"source": "none", "items": []},
         "thresholds": thresholds(),
         "parity": None,
+        "accuracy": None,
     }
 
 
@@ -272,6 +273,16 @@ def read_tensor(bundle: Path, spec: dict) -> np.ndarray:
     if hashlib.sha256(data).hexdigest() != spec["sha256"]:
         raise UserError(f"golden file {spec['file']} was altered; rebuild the bundle")
     return np.frombuffer(data, dtype=np.dtype(spec["dtype"]).newbyteorder("<")).reshape(spec["shape"])
+
+
+def drop_stale_accuracy(manifest: dict) -> None:
+    """Accuracy results of artifacts that were re-made (another sha256) no longer describe the bundle."""
+    section = manifest.get("accuracy")
+    if not section:
+        return
+    current = {a["file"]: a["sha256"] for a in manifest["artifacts"]}
+    section["results"] = [r for r in section["results"]
+                          if r.get("target") is None or current.get(r["artifact"]) == r.get("sha256")]
 
 
 def upsert_artifact(manifest: dict, record: dict) -> None:

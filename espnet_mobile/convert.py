@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import importlib
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import torch
 
 from espnet_mobile import __version__
 from espnet_mobile import bundle as B
+from espnet_mobile import domain_photos as DP
 from espnet_mobile import equalize as EQ
 from espnet_mobile.deploy import GRAPH_VERSION
 from espnet_mobile.errors import UserError, run_cli
@@ -45,6 +45,7 @@ EXECUTORCH_EXTRA_DELEGATES = {"coreml": ("fp16",), "vulkan": ("fp32",)}
 TFLITE_GPU_PRECISIONS = ("fp32",)
 MAX_CALIBRATION_IMAGES = 64
 IMAGES_ENV = "ESPNET_MOBILE_IMAGES"
+DATASETS_ENV = "ESPNET_MOBILE_DATASETS"
 
 
 DEFAULT_DELEGATE = {"executorch": "xnnpack", "coreml": "coreml", "tflite": "cpu"}
@@ -76,6 +77,9 @@ class ConvertOptions:
     qat_checkpoint: Path | None = None
     calibration: Path | None = None
     images: Path | None = None
+    eval_dataset: str | None = None  # KIND:DIR: score the bundle against labels after converting
+    eval_split: str = "val"
+    eval_limit: int | None = None
     out: Path = Path("artifacts")
     force: bool = False
     nhwc: bool = False
@@ -102,7 +106,7 @@ def plan_jobs(opts: ConvertOptions, have_int8_data: bool) -> tuple[list[Job], li
             wanted = list(opts.precisions)
             if "int8" in wanted and not have_int8_data:
                 raise UserError("int8 needs calibration images or a QAT checkpoint: pass --calibration DIR "
-                                f"(or set ${IMAGES_ENV}) or --qat-checkpoint PATH")
+                                f"(or set ${IMAGES_ENV} / ${DATASETS_ENV}) or --qat-checkpoint PATH")
         else:
             wanted = list(supported)
             if "int8" in wanted and not have_int8_data:
@@ -117,12 +121,12 @@ def plan_jobs(opts: ConvertOptions, have_int8_data: bool) -> tuple[list[Job], li
     return jobs, notes
 
 
-def calibration_inputs(folder: Path, height: int, width: int) -> tuple[list[torch.Tensor], str]:
-    """Model inputs from a folder of photos, and a digest of the files for the cache key."""
+def calibration_inputs(photos: Path | list[Path], height: int, width: int) -> tuple[list[torch.Tensor], str]:
+    """Model inputs from photos (a folder or a list), each also mirrored, and a digest of the files."""
     from espnet_mobile.images import list_images, load_rgb
     from espnet_mobile.preprocess import preprocess
 
-    files = list_images(folder)[:MAX_CALIBRATION_IMAGES]
+    files = (list_images(photos) if isinstance(photos, Path) else list(photos))[:MAX_CALIBRATION_IMAGES]
     digest = hashlib.sha256()
     tensors = []
     for f in files:
@@ -193,9 +197,14 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
     from espnet_mobile.zoo import get_entry
 
     entry = get_entry(opts.model_id)
+    if opts.eval_dataset is not None:  # a bad spec fails now, not after minutes of conversion
+        from espnet_mobile.evaluate import parse_dataset
+
+        parse_dataset(opts.eval_dataset, entry)
     qat = _open_qat_checkpoint(opts, log) if opts.qat_checkpoint is not None else None
-    calibration_dir = opts.calibration or (Path(os.environ[IMAGES_ENV]) if os.environ.get(IMAGES_ENV) else None)
-    have_int8_data = calibration_dir is not None or opts.qat_checkpoint is not None
+    calibration_photos = (DP.folder_photos(opts.calibration, MAX_CALIBRATION_IMAGES) if opts.calibration
+                          else DP.domain_photos(entry, "calibration", MAX_CALIBRATION_IMAGES))
+    have_int8_data = calibration_photos is not None or opts.qat_checkpoint is not None
     jobs, notes = plan_jobs(opts, have_int8_data)
     for note in notes:
         log(f"note: {note}")
@@ -233,18 +242,18 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
         manifest = fresh
     manifest["model"]["qat_checkpoint_sha256"] = qat_sha
 
-    images_dir = opts.images or calibration_dir
-    golden_files = None
-    if images_dir is not None:
-        from espnet_mobile.images import list_images
-
-        golden_files = list_images(images_dir)
+    golden_photos = (DP.folder_photos(opts.images, B.GOLDEN_COUNT) if opts.images
+                     else DP.domain_photos(entry, "check", B.GOLDEN_COUNT)
+                     or (DP.folder_photos(opts.calibration, B.GOLDEN_COUNT) if opts.calibration else None))
     t0 = time.perf_counter()
-    source, golden = B.make_golden(entry, model, golden_files)
+    source, golden = B.make_golden(entry, model, golden_photos.paths if golden_photos else None)
     manifest["golden"] = B.write_golden(bundle, entry, source, golden)
+    manifest["golden"]["photos_from"] = golden_photos.description if golden_photos else "synthetic scenes"
     manifest["thresholds"] = B.thresholds()
+    B.drop_stale_accuracy(manifest)
     B.write_manifest(bundle, manifest)
-    log(f"golden vectors: {len(golden)} {source} inputs with reference logits ({time.perf_counter() - t0:.1f} s)")
+    log(f"golden vectors: {len(golden)} inputs with reference logits from "
+        f"{manifest['golden']['photos_from']} ({time.perf_counter() - t0:.1f} s)")
 
     calibration: list[torch.Tensor] | None = None
     calibration_digest = None
@@ -258,8 +267,9 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
         if job.target in disabled:
             continue
         if job.precision == "int8" and calibration is None and opts.qat_checkpoint is None:
-            calibration, calibration_digest = calibration_inputs(calibration_dir, height, width)
-            log(f"calibration: {len(calibration)} inputs from {calibration_dir}")
+            calibration, calibration_digest = calibration_inputs(calibration_photos.paths, height, width)
+            log(f"calibration: {len(calibration)} inputs (each photo and its mirror image) from "
+                f"{calibration_photos.description}")
         versions = _tool_versions(job.target, job)
         ptq = job.precision == "int8" and qat is None
         extra = {"nhwc": opts.nhwc and job.target == "tflite", "options": opts.options,
@@ -334,6 +344,7 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
                               "qat_steps": qat.step, "qat_data": qat.config.data}
                              if qat is not None else
                              {"scheme": "pt2e", "calibration_images": len(calibration or []) // 2,
+                              "calibration_photos": calibration_photos.description,
                               "source": "calibration", "equalization": equalization})
             if job.precision == "int8" else None,
             "report": _jsonable(result.report),
@@ -346,12 +357,22 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
             if check is not None:
                 record["quick_check"] = check
         B.upsert_artifact(manifest, record)
+        B.drop_stale_accuracy(manifest)
         B.write_manifest(bundle, manifest)
         records.append(record)
         qc = record.get("quick_check")
         qc_text = (f", vs reference: max err {qc['max_rel_abs_error']:.1e} of max|logit|, "
                    f"argmax agreement {qc['pixel_agreement']:.2%}") if qc else ""
         log(f"{prefix}: done in {seconds:.1f} s, {record['bytes'] / 1e6:.2f} MB{qc_text}")
+    if opts.eval_dataset is not None:
+        from espnet_mobile.evaluate import evaluate, format_table, write_accuracy
+
+        log(f"accuracy against labels ({opts.eval_dataset}, split {opts.eval_split}):")
+        evaluation = evaluate(bundle, opts.eval_dataset, split=opts.eval_split, limit=opts.eval_limit,
+                              weights=opts.weights, log=log)
+        write_accuracy(bundle, evaluation)
+        log(format_table(evaluation))
+        problems += [f"{r.artifact} on {r.runtime}: {r.error}" for r in evaluation.records if r.error]
     return bundle, records, problems
 
 
@@ -418,9 +439,16 @@ def parse_args(argv: list[str] | None) -> ConvertOptions:
                              "int8 only with calibration data or a QAT checkpoint)")
     parser.add_argument("--qat-checkpoint", type=Path, default=None)
     parser.add_argument("--calibration", type=Path, default=None,
-                        help=f"folder of photos for int8 calibration (default: ${IMAGES_ENV} if set)")
+                        help="folder of photos for int8 calibration (default: photos of the model's domain from "
+                             f"${IMAGES_ENV} and ${DATASETS_ENV}, e.g. CamVid train frames for street-scene models)")
     parser.add_argument("--images", type=Path, default=None,
-                        help="folder of photos for the golden vectors (default: the calibration folder)")
+                        help="folder of photos for the golden vectors and quick checks (default: photos of the "
+                             "model's domain, see espnet_mobile/domain_photos.py)")
+    parser.add_argument("--eval-dataset", default=None, metavar="KIND:DIR",
+                        help="after converting, score the reference and every artifact against these labels "
+                             "(camvid:DIR, cityscapes:DIR, voc:DIR) and record it in the manifest")
+    parser.add_argument("--eval-split", default="val", help="split for --eval-dataset (default val)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="score at most N photos of --eval-dataset")
     parser.add_argument("--out", type=Path, default=Path("artifacts"), help="bundle root (default artifacts/)")
     parser.add_argument("--force", action="store_true", help="convert even if an artifact is up to date")
     parser.add_argument("--input-size", default=None, metavar="HxW",
@@ -445,6 +473,7 @@ def parse_args(argv: list[str] | None) -> ConvertOptions:
         input_size = (h, w)
     return ConvertOptions(targets=targets, model_id=args.model, precisions=precisions, weights=args.weights,
                           qat_checkpoint=args.qat_checkpoint, calibration=args.calibration, images=args.images,
+                          eval_dataset=args.eval_dataset, eval_split=args.eval_split, eval_limit=args.eval_limit,
                           out=args.out, force=args.force, nhwc=args.nhwc,
                           extra_delegates=not args.no_extra_delegates, input_size=input_size)
 

@@ -93,6 +93,8 @@ class Record:
 
 def load_samples(args: argparse.Namespace, entry, height: int, width: int) -> tuple[str, list]:
     from espnet_mobile import data
+    from espnet_mobile.domain_photos import domain, domain_photos
+    from espnet_mobile.images import load_rgb
 
     if args.dataset:
         spec = data.parse_spec(args.dataset)
@@ -102,13 +104,35 @@ def load_samples(args: argparse.Namespace, entry, height: int, width: int) -> tu
         spec = data.DataSpec("images", Path(args.images))
         if not spec.path.is_dir():
             raise UserError(f"image folder {spec.path} does not exist")
+    elif args.synthetic is None and (choice := domain_photos(entry, "check", args.limit)) is not None:
+        samples = [data.Sample(p.stem, load_rgb(p), None) for p in choice.paths]
+        return f"{choice.description} ({domain(entry)}, the model's domain)", samples
     else:
-        spec = data.DataSpec("synthetic", None, args.synthetic)
+        spec = data.DataSpec("synthetic", None, args.synthetic or 8)
     samples = list(data.iter_samples(spec, split=args.split, height=height, width=width,
                                      num_classes=entry.num_classes, limit=args.limit))
     if not samples:
         raise UserError(f"no samples in {spec.describe()}")
     return spec.describe(), samples
+
+
+def bundle_reference(bundle: Path, manifest: dict, entry, weights: str | None) -> torch.nn.Module:
+    """The fp32 reference model a bundle was converted from, checked by the checkpoint's sha256."""
+    import espnet_mobile as em
+    from espnet_mobile.weights import load_into, load_state_dict, resolve_weights
+
+    converted_from = manifest["model"]["checkpoint_sha256"]
+    if weights is None and converted_from != entry.sha256:
+        raise UserError(f"{bundle} was converted from a checkpoint other than the published one (sha256 "
+                        f"{converted_from[:12]}...); pass that checkpoint with --weights PATH")
+    model = em.build_model(entry)
+    resolved = resolve_weights(entry, weights)
+    if resolved.sha256 != converted_from:
+        raise UserError(f"reference checkpoint {resolved.path} (sha256 {resolved.sha256[:12]}...) is not the one "
+                        f"{bundle} was converted from (sha256 {converted_from[:12]}...); pass that checkpoint "
+                        "with --weights PATH")
+    load_into(model, load_state_dict(resolved.path), source=str(resolved.path))
+    return model.eval()
 
 
 def reference_outputs(entry, model, samples, height: int, width: int) -> list[Reference]:
@@ -178,9 +202,7 @@ def execute(record: Record, runner, refs: list[Reference], num_classes: int) -> 
 
 
 def run_parity(bundle: Path, args: argparse.Namespace, log=print) -> tuple[list[Record], dict]:
-    import espnet_mobile as em
     from espnet_mobile.runtimes.registry import close_runner, discover
-    from espnet_mobile.weights import load_into, load_state_dict, resolve_weights
     from espnet_mobile.zoo import get_entry
 
     manifest = B.load_manifest(bundle)  # schema and every artifact's sha256
@@ -195,18 +217,7 @@ def run_parity(bundle: Path, args: argparse.Namespace, log=print) -> tuple[list[
         if unknown:
             raise UserError(f"--only: no runtime or artifact named {', '.join(unknown)}; "
                             f"choose from {', '.join(sorted(known))}")
-    converted_from = manifest["model"]["checkpoint_sha256"]
-    if args.weights is None and converted_from != entry.sha256:
-        raise UserError(f"{bundle} was converted from a checkpoint other than the published one (sha256 "
-                        f"{converted_from[:12]}...); pass that checkpoint with --weights PATH")
-    model = em.build_model(entry)
-    resolved = resolve_weights(entry, args.weights)
-    if resolved.sha256 != converted_from:
-        raise UserError(f"reference checkpoint {resolved.path} (sha256 {resolved.sha256[:12]}...) is not the one "
-                        f"{bundle} was converted from (sha256 {converted_from[:12]}...); pass that checkpoint "
-                        "with --weights PATH")
-    load_into(model, load_state_dict(resolved.path), source=str(resolved.path))
-    model.eval()
+    model = bundle_reference(bundle, manifest, entry, args.weights)
     source, samples = load_samples(args, entry, height, width)
     refs = reference_outputs(entry, model, samples, height, width)
     log(f"{len(refs)} samples from {source}; reference: {entry.model_id} PyTorch fp32")
@@ -311,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--images", type=Path, help="folder of unlabelled photos")
     source.add_argument("--dataset", help="cityscapes:DIR, voc:DIR or camvid:DIR (labelled)")
-    source.add_argument("--synthetic", type=int, default=8, help="N synthetic labelled scenes (default 8)")
+    source.add_argument("--synthetic", type=int, default=None,
+                        help="N synthetic labelled scenes (the default when no photos of the model's domain "
+                             "are found in $ESPNET_MOBILE_IMAGES / $ESPNET_MOBILE_DATASETS: 8)")
     parser.add_argument("--split", default="val", help="dataset split (default val)")
     parser.add_argument("--limit", type=int, default=None, help="use at most N samples")
     parser.add_argument("--report", type=Path, default=None, help="report folder (default <bundle>/parity)")

@@ -1,7 +1,7 @@
 """Shared fixtures: where the authors' checkpoints and photos are, and the slow-test switch.
 
-Checkpoints and photos come from $ESPNET_MOBILE_WEIGHTS and $ESPNET_MOBILE_IMAGES
-(.ci/run points them at ../shared). Without them those tests skip with the
+Checkpoints, photos and labelled datasets come from $ESPNET_MOBILE_WEIGHTS,
+$ESPNET_MOBILE_IMAGES and $ESPNET_MOBILE_DATASETS (.ci/run points them at ../shared). Without them those tests skip with the
 reason; under CI=true a missing folder is a failure, never a skip.
 Tests marked ``slow`` run with ``--slow`` or under CI=true.
 """
@@ -47,6 +47,18 @@ def weights_dir() -> Path:
 @pytest.fixture(scope="session")
 def images_dir() -> Path:
     return _shared_folder("ESPNET_MOBILE_IMAGES", "the sample photos")
+
+
+@pytest.fixture(scope="session")
+def datasets_dir() -> Path:
+    """Labelled datasets (``camvid/`` with train, val and their annotations)."""
+    folder = _shared_folder("ESPNET_MOBILE_DATASETS", "the labelled datasets")
+    if not (folder / "camvid" / "val").is_dir():
+        message = f"{folder} has no camvid/val; ESPNET_MOBILE_DATASETS must hold the CamVid split"
+        if IN_CI:
+            pytest.fail(f"CI=true but {message}")
+        pytest.skip(message)
+    return folder
 
 
 def checkpoint_path(weights_dir: Path, model_id: str) -> Path:
