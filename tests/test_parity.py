@@ -241,14 +241,20 @@ def test_manifest_receives_the_parity_result(built, passing: Run) -> None:
     assert {k: v for k, v in manifest.items() if k != "parity"} == {k: v for k, v in before.items() if k != "parity"}
 
 
-def test_html_report_has_one_cell_per_record_and_the_masks(passing: Run) -> None:
+def test_html_report_has_one_cell_per_record_and_each_photo_once(passing: Run) -> None:
     page = (passing.report / "report.html").read_text()
-    assert page.count('<td class="pass"') == 1 and page.count('<td class="na"') == 1
-    assert '<td class="fail"' not in page
-    per_sample = 2 + 2  # input, reference; the executed runtime's mask and its disagreement map
-    assert page.count("<img src='data:image/png;base64,") == SAMPLES * per_sample
-    caption = "<figcaption>tflite_fp32.tflite / litert-cpu</figcaption>"  # the model id is cut off whole
-    assert page.count(caption) == SAMPLES
+    assert page.count('class="cell pass"') == 1 and page.count('class="cell na"') == 1
+    assert 'class="cell fail"' not in page
+    agreement = passing.record("litert-cpu")["metrics"]["pixel_agreement"]
+    overlays = page.count("reference (PyTorch fp32) over the photo")
+    differing = page.count("% of pixels differ</figcaption>")
+    assert overlays == SAMPLES  # each photo once
+    if agreement == 1.0:  # nothing differs: no artifact masks, and all but one photo folded away
+        assert differing == 0 and "every executed check matches the reference" in page
+        assert f"{SAMPLES - 1} more photos on which every executed check matches" in page
+    else:
+        assert 1 <= differing <= SAMPLES
+    assert page.count("<img src='data:image/png;base64,") == overlays + differing
 
 
 # --------------------------------------------------------------------------- failing on purpose
@@ -269,7 +275,7 @@ def test_forced_failure_exits_1_and_names_the_culprit(failing: Run, independent)
     manifest = B.load_manifest(failing.bundle)
     assert manifest["parity"]["summary"]["failed"] == 1 and manifest["parity"]["summary"]["passed"] == 0
     page = (failing.report / "report.html").read_text()
-    assert '<td class="fail"' in page and f"<code>body.{PERTURBED}</code>" in page
+    assert 'class="cell fail"' in page and f"<code>body.{PERTURBED}</code>" in page
     assert not list(failing.report.glob(".*.tmp"))  # reports are renamed into place, no temporaries left
 
 
@@ -377,22 +383,55 @@ def colour_pixels(rgb: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
     return np.argwhere((rgb == np.array(colour, dtype=np.uint8)).all(-1))
 
 
+def find_image(screen: np.ndarray, img: np.ndarray) -> tuple[int, int] | None:
+    """Top-left corner where ``img`` appears in ``screen`` (each channel within 3 levels), or None."""
+    h, w = img.shape[:2]
+    first = np.abs(screen.astype(int) - img[0, 0].astype(int)).max(-1) <= 3
+    for y, x in np.argwhere(first):
+        patch = screen[y:y + h, x:x + w]
+        if patch.shape == img.shape and np.abs(patch.astype(int) - img.astype(int)).max() <= 3:
+            return int(y), int(x)
+    return None
+
+
+def first_figure(page: str) -> np.ndarray:
+    import base64
+    import re
+
+    from PIL import Image
+
+    data = re.search(r"<img src='data:image/png;base64,([^']+)'", page).group(1)
+    with Image.open(io.BytesIO(base64.b64decode(data))) as img:
+        return np.asarray(img.convert("RGB"))
+
+
 @pytest.mark.parametrize("which", ["passing", "failing"])
 def test_report_screenshot(which: str, request, tmp_path: Path) -> None:
+    """What a person sees on a 1280x900 screen: the matrix with its cells, then the first photo."""
     from PIL import Image
 
     chromium()  # skip (or fail under CI) before building anything
     run: Run = request.getfixturevalue(which)
-    width, height = 1280, 2000
+    page = run.report / "report.html"
+    width, height = 1280, 900
     png = tmp_path / "report.png"
-    screenshot(run.report / "report.html", png, width, height, tmp_path / "profile")
+    screenshot(page, png, width, height, tmp_path / "profile")
     with Image.open(png) as img:
         assert img.size == (width, height)
         rgb = np.asarray(img.convert("RGB"))
-    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 500  # text, masks and inputs, not a blank page
-    assert rgb.std() > 10
+    assert rgb.std() > 10  # not a blank page
     cell = (FAIL_RGB, PASS_RGB) if which == "failing" else (PASS_RGB, FAIL_RGB)
     shown, absent = colour_pixels(rgb, cell[0]), colour_pixels(rgb, cell[1])
-    assert len(shown) > 1500 and len(absent) == 0  # the litert-cpu cell of the summary matrix, about 100x50 px
+    assert len(shown) > 1500 and len(absent) == 0  # the litert-cpu cell, on the first screen
     assert len(colour_pixels(rgb, NA_RGB)) > 1500  # the device-only cell
-    assert shown[:, 0].max() < height // 4  # the matrix is at the top, above the masks
+    # The first photo, with the reference over it, is on the first screen at its own size, below the matrix.
+    photo = first_figure(page.read_text())
+    where = find_image(rgb, photo)
+    assert where is not None, "the first photo is not on the first screen"
+    assert where[0] > shown[:, 0].max()
+    # Nothing is laid out beyond 1280 px: rendered 1700 px wide, the columns past 1280 are empty.
+    wide = tmp_path / "wide.png"
+    screenshot(page, wide, 1700, height, tmp_path / "profile2")
+    with Image.open(wide) as img:
+        right = np.asarray(img.convert("RGB"))[:, 1280:]
+    assert (right == 255).all(), "the report is wider than 1280 px"
