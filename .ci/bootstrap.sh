@@ -61,7 +61,7 @@ want="$(sha256sum pyproject.toml .ci/bootstrap.sh | sha256sum | cut -c1-16)"
 # .venv/lavapipe from Debian bookworm-backports without a system install.
 extras() {
   if command -v apt-get >/dev/null; then
-    bash espnet_mobile/runtimes/setup_lavapipe.sh .venv/lavapipe \
+    bash converters/tflite/setup_lavapipe.sh .venv/lavapipe \
       || echo "bootstrap: WARNING lavapipe setup failed; the LiteRT GPU tests will report why"
   fi
 }

@@ -1,4 +1,19 @@
-"""espnet-mobile: ESPNet and ESPNetv2 segmentation, from the authors' checkpoints to phones."""
+"""espnet-mobile: ESPNet and ESPNetv2 segmentation, from the authors' checkpoints to phones.
+
+The Python API (each also a command, ``espnet-mobile <command>`` or ``python -m espnet_mobile.<command>``):
+
+* :func:`create_model` - the reference PyTorch model of a zoo id;
+* :func:`convert_model` - artifacts for ExecuTorch, Core ML and LiteRT in a bundle (:class:`ConversionSummary`);
+* :func:`espnet_mobile.evaluate.evaluate` - the reference and a bundle's artifacts against labels
+  (:class:`Evaluation`; the module has the command's name, so the function is imported from it);
+* :func:`check_parity` - every artifact on every runtime here against the reference (:class:`ParityResult`).
+
+Packages: ``models`` (the networks), ``zoo`` (checkpoints as data, weights, dataset statistics),
+``data`` (photos, datasets, photos of a model's domain), ``deploy`` (the deployable graph and int8
+equalization), ``bundle`` (manifest, golden vectors, schema), ``parity`` (checks, reports, the
+culprit search), ``qat`` (quantization-aware training). The backends live in the top-level
+``converters`` package.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +26,18 @@ from espnet_mobile.errors import UserError
 __version__ = "0.1.0"
 
 PRETRAINED = "pretrained"
-# Re-exported from espnet_mobile.zoo lazily, so `python -m espnet_mobile.zoo`
-# does not find its own module already imported by the package.
-_ZOO_NAMES = ("DEFAULT_MODEL_ID", "ZOO", "ZooEntry", "get_entry")
+# Imported on first use: the commands and the toolchains behind them are heavy.
+_LAZY = {"DEFAULT_MODEL_ID": "espnet_mobile.zoo", "ZOO": "espnet_mobile.zoo", "ZooEntry": "espnet_mobile.zoo",
+         "get_entry": "espnet_mobile.zoo", "ConversionSummary": "espnet_mobile.convert",
+         "ConvertOptions": "espnet_mobile.convert", "Evaluation": "espnet_mobile.evaluate",
+         "ParityResult": "espnet_mobile.parity", "check_parity": "espnet_mobile.parity"}
 
 
 def __getattr__(name: str):
-    if name in _ZOO_NAMES:
-        from espnet_mobile import zoo
+    if name in _LAZY:
+        import importlib
 
-        return getattr(zoo, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'espnet_mobile' has no attribute {name!r}")
 
 
@@ -50,8 +67,8 @@ def create_model(model_id: str, *, weights: str | Path | None = None) -> torch.n
     The model expects input normalized the authors' way (see the zoo entry's
     ``normalization``) and returns logits NCHW.
     """
-    from espnet_mobile.weights import load_into, load_state_dict, resolve_weights
     from espnet_mobile.zoo import get_entry
+    from espnet_mobile.zoo.weights import load_into, load_state_dict, resolve_weights
 
     entry = get_entry(model_id)
     model = build_model(entry)
@@ -65,6 +82,23 @@ def create_model(model_id: str, *, weights: str | Path | None = None) -> torch.n
     return model.eval()
 
 
+def convert_model(model_id: str | None = None, *, targets: list[str] | None = None,
+                  precisions: list[str] | None = None, out: str | Path = "artifacts", jobs: int | None = None,
+                  log=print, **options):
+    """Convert a zoo model to every target (or ``targets``) into ``<out>/<model_id>/``; a ConversionSummary.
+
+    ``options`` are the fields of :class:`espnet_mobile.convert.ConvertOptions` (``weights``,
+    ``calibration``, ``images``, ``qat_checkpoint``, ``input_size``, ``eval_dataset``, ``force``, ...).
+    """
+    import converters
+    from espnet_mobile import convert
+    from espnet_mobile.zoo import DEFAULT_MODEL_ID
+
+    opts = convert.ConvertOptions(targets=list(targets or converters.names()), model_id=model_id or DEFAULT_MODEL_ID,
+                                  precisions=precisions, out=Path(out), jobs=jobs, **options)
+    return convert.run(opts, log=log)
+
+
 __all__ = [
     "DEFAULT_MODEL_ID",
     "PRETRAINED",
@@ -72,6 +106,8 @@ __all__ = [
     "UserError",
     "ZooEntry",
     "build_model",
+    "check_parity",
+    "convert_model",
     "create_model",
     "get_entry",
 ]

@@ -95,10 +95,10 @@ def busy_cores(seconds: float = SAMPLE_SECONDS) -> float | None:
 def benchmark(bundle: Path, rounds: int = 30, warmup: int = 5, threads: int | None = None,
               weights: str | None = None) -> tuple[list[Row], list[str]]:
     import espnet_mobile as em
+    from converters import load_runner
     from espnet_mobile.deploy import normalize_reference
-    from espnet_mobile.runtimes import load_runner
-    from espnet_mobile.weights import load_into, load_state_dict, resolve_weights
     from espnet_mobile.zoo import get_entry
+    from espnet_mobile.zoo.weights import load_into, load_state_dict, resolve_weights
 
     manifest = B.load_manifest(bundle)
     entry = get_entry(manifest["model_id"])

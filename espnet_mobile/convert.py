@@ -17,10 +17,11 @@ import argparse
 import copy
 import dataclasses
 import hashlib
-import importlib
 import json
+import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,27 +29,19 @@ from typing import Any
 import numpy as np
 import torch
 
+import converters
 from espnet_mobile import __version__
 from espnet_mobile import bundle as B
-from espnet_mobile import domain_photos as DP
-from espnet_mobile import equalize as EQ
+from espnet_mobile.console import peak_memory_mb
+from espnet_mobile.data import domain_photos as DP
 from espnet_mobile.deploy import GRAPH_VERSION
+from espnet_mobile.deploy import equalize as EQ
 from espnet_mobile.errors import UserError, run_cli
+from espnet_mobile.files import sha256_path
 
-TARGETS = ("executorch", "coreml", "tflite")
-# What each target can produce; the first delegate listed for ExecuTorch is the default one.
-TARGET_PRECISIONS = {"executorch": ("fp32", "int8"), "coreml": ("fp32", "fp16", "int8"),
-                     "tflite": ("fp32", "fp16", "int8")}
-EXECUTORCH_EXTRA_DELEGATES = {"coreml": ("fp16",), "vulkan": ("fp32",)}
-# A GPU-bound TFLite graph (exact rewrites the LiteRT GPU accelerator needs, see
-# espnet_mobile.runtimes.litert_gpu.gpu_friendly), made besides the plain ones.
-TFLITE_GPU_PRECISIONS = ("fp32",)
 MAX_CALIBRATION_IMAGES = 64
 IMAGES_ENV = "ESPNET_MOBILE_IMAGES"
 DATASETS_ENV = "ESPNET_MOBILE_DATASETS"
-
-
-DEFAULT_DELEGATE = {"executorch": "xnnpack", "coreml": "coreml", "tflite": "cpu"}
 
 
 @dataclass(frozen=True)
@@ -61,7 +54,7 @@ class Job:
 
     def __post_init__(self) -> None:
         if not self.delegate:
-            object.__setattr__(self, "delegate", DEFAULT_DELEGATE[self.target])
+            object.__setattr__(self, "delegate", converters.backend(self.target).default_delegate)
 
     @property
     def label(self) -> str:
@@ -85,12 +78,8 @@ class ConvertOptions:
     nhwc: bool = False
     extra_delegates: bool = True
     input_size: tuple[int, int] | None = None  # (height, width); None: the zoo's
+    jobs: int | None = None  # worker processes for the conversions; None: one per core
     options: dict[str, Any] = field(default_factory=dict)
-
-
-def backend_module(target: str):
-    """Import ``converters.<target>``; a missing optional dependency surfaces when converting."""
-    return importlib.import_module(f"converters.{target}")
 
 
 def plan_jobs(opts: ConvertOptions, have_int8_data: bool) -> tuple[list[Job], list[str]]:
@@ -98,7 +87,8 @@ def plan_jobs(opts: ConvertOptions, have_int8_data: bool) -> tuple[list[Job], li
     jobs: list[Job] = []
     notes: list[str] = []
     for target in opts.targets:
-        supported = TARGET_PRECISIONS[target]
+        backend = converters.backend(target)
+        supported = backend.precisions
         if opts.precisions is not None:
             bad = [p for p in opts.precisions if p not in supported]
             if bad:
@@ -113,17 +103,15 @@ def plan_jobs(opts: ConvertOptions, have_int8_data: bool) -> tuple[list[Job], li
                 wanted.remove("int8")
                 notes.append(f"{target}: int8 skipped - pass --calibration DIR or --qat-checkpoint PATH")
         jobs += [Job(target, p) for p in wanted]
-        if target == "executorch" and opts.extra_delegates and opts.precisions is None:
-            for delegate, precisions in EXECUTORCH_EXTRA_DELEGATES.items():
-                jobs += [Job(target, p, delegate) for p in precisions]
-        if target == "tflite" and opts.extra_delegates and opts.precisions is None:
-            jobs += [Job(target, p, "gpu") for p in TFLITE_GPU_PRECISIONS if p in wanted]
+        if opts.extra_delegates and opts.precisions is None:  # the other delegates, at their default precisions
+            for delegate, precisions in list(backend.delegates.items())[1:]:
+                jobs += [Job(target, p, delegate) for p in precisions if p != "int8" or have_int8_data]
     return jobs, notes
 
 
 def calibration_inputs(photos: Path | list[Path], height: int, width: int) -> tuple[list[torch.Tensor], str]:
     """Model inputs from photos (a folder or a list), each also mirrored, and a digest of the files."""
-    from espnet_mobile.images import list_images, load_rgb
+    from espnet_mobile.data.images import list_images, load_rgb
     from espnet_mobile.preprocess import preprocess
 
     files = (list_images(photos) if isinstance(photos, Path) else list(photos))[:MAX_CALIBRATION_IMAGES]
@@ -150,29 +138,117 @@ def _up_to_date(bundle: Path, manifest: dict, file: str, key: str) -> bool:
     for art in manifest["artifacts"]:
         if art["file"] == file and art["cache_key"] == key:
             path = bundle / file
-            return path.exists() and B.sha256_path(path) == art["sha256"]
+            return path.exists() and sha256_path(path) == art["sha256"]
     return False
 
 
-def _tool_versions(target: str, job: Job) -> dict[str, str]:
-    module = backend_module(target)
-    fn = getattr(module, "tool_versions", None)
-    if fn is None:
-        return {"torch": torch.__version__}
+def _tool_versions(job: Job) -> dict[str, str]:
     try:
-        if target == "executorch":
-            return fn(job.delegate, job.precision)
-        if target == "coreml":
-            return fn(job.precision)
-        return fn()
-    except Exception:
+        return converters.backend(job.target).tool_versions(job.delegate, job.precision)
+    except Exception:  # a broken toolchain still gets a cache key; converting then reports the problem
         return {"torch": torch.__version__}
+
+
+def default_jobs() -> int:
+    """One worker per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class Pending:
+    """An artifact to convert, with everything phase 2 needs to record it."""
+
+    job: Job
+    prefix: str
+    name: str
+    key: str
+    nhwc: bool
+    equalization: dict | None
+    request: Any  # converters.base.ConversionRequest
+
+
+@dataclass
+class Outcome:
+    """What converting one artifact gave: a result, or why not; and the quick check where it runs here."""
+
+    result: Any = None
+    seconds: float = 0.0
+    quick_check: dict | None = None
+    error: str | None = None
+    missing_backend: str | None = None
+
+
+def convert_one(job: Job, request: Any, golden: list, nhwc: bool) -> Outcome:
+    """Convert one artifact and check it against the golden vectors (runs here or in a worker process)."""
+    from converters.base import ConversionError, MissingBackendError
+    from espnet_mobile.console import native_output_captured
+
+    start = time.perf_counter()
+    try:
+        with native_output_captured(f"{job.label} {job.precision}"):
+            result = converters.backend(job.target).convert(request)
+            seconds = time.perf_counter() - start
+            check = quick_check(job, request.out_path, golden, nhwc) if result.executable_here else None
+    except MissingBackendError as err:
+        return Outcome(missing_backend=str(err))
+    except ConversionError as err:
+        return Outcome(error=str(err))
+    return Outcome(result=result, seconds=seconds, quick_check=check)
+
+
+def _worker_init(threads: int) -> None:
+    from espnet_mobile.console import quiet_third_party
+
+    torch.set_num_threads(threads)
+    quiet_third_party()
+
+
+def _expected_cost(job: Job) -> int:
+    """Relative conversion time, so the longest artifacts start first (int8 calibrates and lowers twice)."""
+    return 3 if job.precision == "int8" else 1
+
+
+def run_pending(pending: list[Pending], golden: list, workers: int, log) -> Iterator[tuple[Pending, Outcome]]:
+    """Convert each pending artifact; yields as each finishes (here in order, or from a process pool)."""
+    if workers <= 1:
+        missing: dict[str, str] = {}
+        for item in pending:
+            if item.job.target in missing:  # one missing toolchain disables its target once
+                yield item, Outcome(missing_backend=missing[item.job.target])
+                continue
+            log(f"{item.prefix}: converting -> {item.name}")
+            outcome = convert_one(item.job, item.request, golden, item.nhwc)
+            if outcome.missing_backend:
+                missing[item.job.target] = outcome.missing_backend
+            yield item, outcome
+        return
+    import concurrent.futures as cf
+    import multiprocessing
+
+    threads = max(1, default_jobs() // workers)
+    order = sorted(pending, key=lambda p: -_expected_cost(p.job))
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked thread pools
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
+                                initargs=(threads,)) as pool:
+        futures = {}
+        for item in order:
+            log(f"{item.prefix}: converting -> {item.name}")
+            futures[pool.submit(convert_one, item.job, item.request, golden, item.nhwc)] = item
+        for future in cf.as_completed(futures):
+            item = futures[future]
+            try:
+                yield item, future.result()
+            except Exception as err:  # a worker that died (killed, out of memory) fails its artifact only
+                yield item, Outcome(error=f"worker process failed: {type(err).__name__}: {err}")
 
 
 def quick_check(job: Job, path: Path, golden: list[B.GoldenItem], nhwc: bool) -> dict | None:
     """Run the artifact on the golden inputs where a runtime exists here; compare with the reference."""
+    from converters import run_artifact
     from espnet_mobile.preprocess import argmax_mask
-    from espnet_mobile.runtimes import run_artifact
 
     outputs = []
     for item in golden:
@@ -188,13 +264,34 @@ def quick_check(job: Job, path: Path, golden: list[B.GoldenItem], nhwc: bool) ->
     return {"max_rel_abs_error": rel, "pixel_agreement": agree, "images": len(golden)}
 
 
-def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], list[str]]:
-    """Produce the bundle; returns (bundle dir, records of artifacts made or kept, problems)."""
+@dataclass
+class ConversionSummary:
+    """What ``convert`` produced: the bundle, the manifest record of each artifact made or kept, problems."""
+
+    bundle: Path
+    artifacts: list[dict]
+    problems: list[str]
+    seconds: float = 0.0
+    accuracy: dict | None = None  # the manifest's accuracy section, with --eval-dataset
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def run(opts: ConvertOptions, log=print) -> ConversionSummary:
+    """Produce the bundle for ``opts`` (see :func:`espnet_mobile.convert_model` for the keyword form)."""
+    start = time.perf_counter()
+    bundle, records, problems, accuracy = _convert(opts, log)
+    return ConversionSummary(bundle, records, problems, round(time.perf_counter() - start, 1), accuracy)
+
+
+def _convert(opts: ConvertOptions, log) -> tuple[Path, list[dict], list[str], dict | None]:
     import espnet_mobile as em
-    from converters.common import ConversionError, ConversionRequest, MissingBackendError
+    from converters.base import ConversionRequest
     from espnet_mobile.deploy import make_deployable
-    from espnet_mobile.weights import load_into, load_state_dict, resolve_weights
     from espnet_mobile.zoo import get_entry
+    from espnet_mobile.zoo.weights import load_into, load_state_dict, resolve_weights
 
     entry = get_entry(opts.model_id)
     if opts.eval_dataset is not None:  # a bad spec fails now, not after minutes of conversion
@@ -235,7 +332,7 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
             manifest = B.load_manifest(bundle, verify_files=False)
         except UserError as err:
             log(f"note: existing manifest unusable ({err}); starting a new one")
-    qat_sha = B.sha256_path(Path(opts.qat_checkpoint)) if qat is not None else None
+    qat_sha = sha256_path(Path(opts.qat_checkpoint)) if qat is not None else None
     fresh = B.new_manifest(entry, resolved.sha256, height=height, width=width, qat_sha256=qat_sha)
     if manifest is None or manifest["model"]["checkpoint_sha256"] != resolved.sha256 \
             or manifest["input"] != fresh["input"]:
@@ -260,21 +357,20 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
     equalized: tuple[torch.nn.Module, dict] | None = None  # the graph rescaled for post-training int8
     records: list[dict] = []
     problems: list[str] = []
-    disabled: dict[str, str] = {}
+    pending: list[Pending] = []
+    # Phase 1, here: cache checks, calibration and int8 equalization once, one request per artifact.
     for index, job in enumerate(jobs, 1):
         name = B.artifact_name(entry.model_id, job.target, job.precision, job.delegate)
         prefix = f"[{index}/{len(jobs)}] {job.label} {job.precision}"
-        if job.target in disabled:
-            continue
         if job.precision == "int8" and calibration is None and opts.qat_checkpoint is None:
             calibration, calibration_digest = calibration_inputs(calibration_photos.paths, height, width)
             log(f"calibration: {len(calibration)} inputs (each photo and its mirror image) from "
                 f"{calibration_photos.description}")
-        versions = _tool_versions(job.target, job)
+        versions = _tool_versions(job)
         ptq = job.precision == "int8" and qat is None
         extra = {"nhwc": opts.nhwc and job.target == "tflite", "options": opts.options,
                  "calibration": calibration_digest if job.precision == "int8" else None,
-                 "writer": getattr(backend_module(job.target), "WRITER_VERSION", 1),
+                 "writer": converters.backend(job.target).writer_version,
                  "graph": GRAPH_VERSION}
         if ptq:
             extra["equalization"] = EQ.VERSION
@@ -283,7 +379,6 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
             log(f"{prefix}: up to date ({name})")
             records.append(next(a for a in manifest["artifacts"] if a["file"] == name))
             continue
-        log(f"{prefix}: converting -> {name}")
         options = dict(opts.options)
         options["delegate"] = job.delegate
         if job.target == "tflite":
@@ -304,10 +399,9 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
                 log(f"int8 equalization: {report['tensors']} tensors rescaled per channel "
                     f"(largest factor {report.get('largest_factor', 1.0)}, {time.perf_counter() - t_eq:.1f} s)")
             module, equalization = equalized
-        if job.delegate == "gpu":
-            from espnet_mobile.runtimes.litert_gpu import gpu_friendly
-
-            module = gpu_friendly(deployable)
+        backend = converters.backend(job.target)
+        if backend.rewrite is not None and job.delegate != backend.default_delegate:
+            module = backend.rewrite(deployable, job.delegate)
         request = ConversionRequest(
             module=module, example_input=torch.from_numpy(golden[0].input), precision=job.precision,
             out_path=bundle / name, model_id=entry.model_id, calibration=calibration,
@@ -318,44 +412,49 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
                                      f"({entry.data.title}, {entry.num_classes} classes)",
                       "version": __version__},
         )
-        start = time.perf_counter()
-        try:
-            result = backend_module(job.target).convert(request)
-        except MissingBackendError as err:
-            disabled[job.target] = str(err)
-            problems.append(f"{job.target} disabled: {err}")
-            log(f"{prefix}: skipped - {err}")
+        pending.append(Pending(job, prefix, name, key, extra["nhwc"], equalization, request))
+
+    # Phase 2: the conversions, in worker processes when --jobs > 1 (each artifact is independent).
+    workers = max(1, min(opts.jobs or default_jobs(), len(pending)))
+    if pending:
+        log(f"converting {len(pending)} artifacts " + (f"in {workers} worker processes" if workers > 1 else "here"))
+    disabled: dict[str, str] = {}
+    for item, outcome in run_pending(pending, golden, workers, log):
+        job, prefix, name = item.job, item.prefix, item.name
+        if outcome.missing_backend is not None:
+            if job.target not in disabled:
+                disabled[job.target] = outcome.missing_backend
+                problems.append(f"{job.target} disabled: {outcome.missing_backend}")
+            log(f"{prefix}: skipped - {outcome.missing_backend}")
             continue
-        except ConversionError as err:
-            problems.append(f"{job.label} {job.precision}: {err}")
-            log(f"{prefix}: failed - {err}")
+        if outcome.error is not None:
+            problems.append(f"{job.label} {job.precision}: {outcome.error}")
+            log(f"{prefix}: failed - {outcome.error}")
             continue
-        seconds = time.perf_counter() - start
+        result = outcome.result
         path = bundle / name
         record = {
             "file": name, "target": job.target, "delegate": job.delegate, "precision": job.precision,
-            "compute_units": list(result.compute_units), "sha256": B.sha256_path(path),
+            "compute_units": list(result.compute_units), "sha256": sha256_path(path),
             "bytes": B.size_bytes(path), "tool_versions": dict(result.tool_versions),
             "executable_here": bool(result.executable_here),
             "not_executable_reason": result.not_executable_reason,
-            "conversion_seconds": round(seconds, 2), "cache_key": key,
-            "input_layout": "NHWC" if extra["nhwc"] else "NCHW",
+            "conversion_seconds": round(outcome.seconds, 2), "cache_key": item.key,
+            "input_layout": "NHWC" if item.nhwc else "NCHW",
             "quantization": ({"scheme": "pt2e", "source": "qat", "qat_backend": qat.config.backend,
                               "qat_steps": qat.step, "qat_data": qat.config.data}
                              if qat is not None else
                              {"scheme": "pt2e", "calibration_images": len(calibration or []) // 2,
                               "calibration_photos": calibration_photos.description,
-                              "source": "calibration", "equalization": equalization})
+                              "source": "calibration", "equalization": item.equalization})
             if job.precision == "int8" else None,
             "report": _jsonable(result.report),
         }
         bpte = path.with_suffix(".bpte")
         if bpte.exists() and job.target == "executorch":
-            record["bundled_program"] = {"file": bpte.name, "sha256": B.sha256_path(bpte)}
-        if result.executable_here:
-            check = quick_check(job, path, golden, extra["nhwc"])
-            if check is not None:
-                record["quick_check"] = check
+            record["bundled_program"] = {"file": bpte.name, "sha256": sha256_path(bpte)}
+        if outcome.quick_check is not None:
+            record["quick_check"] = outcome.quick_check
         B.upsert_artifact(manifest, record)
         B.drop_stale_accuracy(manifest)
         B.write_manifest(bundle, manifest)
@@ -363,7 +462,7 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
         qc = record.get("quick_check")
         qc_text = (f", vs reference: max err {qc['max_rel_abs_error']:.1e} of max|logit|, "
                    f"argmax agreement {qc['pixel_agreement']:.2%}") if qc else ""
-        log(f"{prefix}: done in {seconds:.1f} s, {record['bytes'] / 1e6:.2f} MB{qc_text}")
+        log(f"{prefix}: done in {outcome.seconds:.1f} s, {record['bytes'] / 1e6:.2f} MB{qc_text}")
     if opts.eval_dataset is not None:
         from espnet_mobile.evaluate import evaluate, format_table, write_accuracy
 
@@ -373,7 +472,8 @@ def convert_model(opts: ConvertOptions, log=print) -> tuple[Path, list[dict], li
         write_accuracy(bundle, evaluation)
         log(format_table(evaluation))
         problems += [f"{r.artifact} on {r.runtime}: {r.error}" for r in evaluation.records if r.error]
-    return bundle, records, problems
+        return bundle, records, problems, evaluation.accuracy_section()
+    return bundle, records, problems, None
 
 
 def _open_qat_checkpoint(opts: ConvertOptions, log):
@@ -384,7 +484,7 @@ def _open_qat_checkpoint(opts: ConvertOptions, log):
     fp32 weights QAT started from (its fine-tuned ``fp32_finetuned.pth`` when it
     had an fp32 phase, else the weights it was given).
     """
-    from espnet_mobile.qat import load_qat_module
+    from espnet_mobile.qat.loading import load_qat_module
 
     qat = load_qat_module(opts.qat_checkpoint)
     cfg = qat.config
@@ -430,7 +530,7 @@ def parse_args(argv: list[str] | None) -> ConvertOptions:
 
     parser = argparse.ArgumentParser(prog="python -m espnet_mobile.convert",
                                      description="Convert a zoo model to mobile artifacts in a bundle.")
-    parser.add_argument("--target", default="all", choices=[*TARGETS, "all"],
+    parser.add_argument("--target", default="all", choices=[*converters.names(), "all"],
                         help="backend to convert to (default: all)")
     parser.add_argument("--model", default=DEFAULT_MODEL_ID, help=f"zoo id (default {DEFAULT_MODEL_ID})")
     parser.add_argument("--weights", default=None, help="checkpoint path (default: the published one)")
@@ -454,6 +554,8 @@ def parse_args(argv: list[str] | None) -> ConvertOptions:
     parser.add_argument("--input-size", default=None, metavar="HxW",
                         help="fixed input size of the artifacts (default: the zoo's training size)")
     parser.add_argument("--nhwc", action="store_true", help="TFLite artifacts take NHWC input")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="convert N artifacts at a time in worker processes (default: the core count)")
     parser.add_argument("--no-extra-delegates", action="store_true",
                         help="skip ExecuTorch's Core ML and Vulkan delegates and the GPU-bound TFLite graph")
     args = parser.parse_args(argv)
@@ -463,7 +565,9 @@ def parse_args(argv: list[str] | None) -> ConvertOptions:
         bad = [p for p in precisions if p not in ("fp32", "fp16", "int8")]
         if bad:
             parser.error(f"unknown precision {', '.join(bad)}; choose from fp32,fp16,int8")
-    targets = list(TARGETS) if args.target == "all" else [args.target]
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    targets = list(converters.names()) if args.target == "all" else [args.target]
     input_size = None
     if args.input_size:
         try:
@@ -475,21 +579,23 @@ def parse_args(argv: list[str] | None) -> ConvertOptions:
                           qat_checkpoint=args.qat_checkpoint, calibration=args.calibration, images=args.images,
                           eval_dataset=args.eval_dataset, eval_split=args.eval_split, eval_limit=args.eval_limit,
                           out=args.out, force=args.force, nhwc=args.nhwc,
-                          extra_delegates=not args.no_extra_delegates, input_size=input_size)
+                          extra_delegates=not args.no_extra_delegates, input_size=input_size, jobs=args.jobs)
 
 
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         opts = parse_args(argv)
-        start = time.perf_counter()
-        bundle, records, problems = convert_model(opts)
-        print(f"\nbundle {bundle} ({time.perf_counter() - start:.1f} s):")
-        for r in records:
+        summary = run(opts)
+        print(f"\nbundle {summary.bundle} ({summary.seconds:.1f} s):")
+        for r in summary.artifacts:
             where = "runs here" if r["executable_here"] else "not executable here"
             print(f"  {r['file']:<60} {r['bytes'] / 1e6:7.2f} MB  {r.get('conversion_seconds', 0):6.1f} s  {where}")
-        for p in problems:
+        own, worker = peak_memory_mb()
+        in_workers = f", {worker:.0f} MB in the largest worker" if worker else ""
+        print(f"peak memory: {own:.0f} MB in this process{in_workers}")
+        for p in summary.problems:
             print(f"problem: {p}", file=sys.stderr)
-        return 2 if problems else 0
+        return 2 if summary.problems else 0
 
     return run_cli(body)
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from espnet_mobile import metrics as M
 from espnet_mobile.errors import UserError, run_cli
+from espnet_mobile.files import write_text_atomic
 
 REFERENCE = "pytorch-reference"
 LABELLED_KINDS = ("camvid", "cityscapes", "voc")
@@ -208,8 +209,12 @@ def parse_dataset(text: str, entry):
 
 
 def evaluate(target: str | Path, dataset: str, *, split: str = "val", limit: int | None = None,
-             weights: str | None = None, only: set[str] | None = None, log=print) -> Evaluation:
-    """Score the reference (a zoo id) or a bundle's reference and artifacts against the labels."""
+             weights: str | None = None, only: set[str] | None = None, write: bool = False,
+             log=print) -> Evaluation:
+    """Score the reference (a zoo id) or a bundle's reference and artifacts against the labels.
+
+    With ``write``, a bundle's manifest gets the result as its ``accuracy`` section.
+    """
     import espnet_mobile as em
     from espnet_mobile import bundle as B
     from espnet_mobile.deploy import reference_forward
@@ -260,17 +265,21 @@ def evaluate(target: str | Path, dataset: str, *, split: str = "val", limit: int
     if manifest is not None:
         records += _evaluate_artifacts(bundle_dir, manifest, inputs, classes, scored, entry.num_classes,
                                        reference_masks, only, not_run, log)
-    return Evaluation(entry.model_id, spec.kind, entry.data.title, split, len(inputs), classes, records,
-                      dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
-                      tool_versions(), not_run)
+    result = Evaluation(entry.model_id, spec.kind, entry.data.title, split, len(inputs), classes, records,
+                        dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+                        tool_versions(), not_run)
+    if write and manifest is not None:
+        write_accuracy(bundle_dir, result)
+    return result
 
 
 def _evaluate_artifacts(bundle: Path, manifest: dict, inputs: Inputs, classes: list[str], scored: list[int],
                         num_classes: int, reference_masks: list[np.ndarray], only: set[str] | None,
                         not_run: list[tuple[str, str, str]], log) -> list[EvalRecord]:
-    from espnet_mobile.runtimes.registry import close_runner, discover
+    import converters
+    from converters.base import close_runner
 
-    runtimes = discover()
+    runtimes = converters.runtimes()
     if only:
         known = {s.name for s in runtimes} | {a["file"] for a in manifest["artifacts"]} | {REFERENCE}
         unknown = sorted(only - known)
@@ -379,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(ev))
         section = ev.accuracy_section()
         if args.json is not None:
-            B.write_text_atomic(args.json, json.dumps(section, indent=2) + "\n")
+            write_text_atomic(args.json, json.dumps(section, indent=2) + "\n")
             print(f"results: {args.json}")
         if (Path(args.target) / B.MANIFEST).is_file():
             write_accuracy(Path(args.target), ev)

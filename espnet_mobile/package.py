@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 from espnet_mobile import bundle as B
 from espnet_mobile.errors import UserError, run_cli
+from espnet_mobile.files import atomic_path
 
 
 def bundle_files(bundle: Path, manifest: dict, targets: set[str] | None = None) -> tuple[dict, list[Path]]:
@@ -49,18 +49,12 @@ def write_zip(bundle: Path, out: Path, targets: set[str] | None = None) -> Path:
 
     manifest = B.load_manifest(bundle)
     kept, files = bundle_files(bundle, manifest, targets)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(B.MANIFEST, json.dumps(kept, indent=2) + "\n")
             for f in files:
                 zf.write(f, str(f.relative_to(bundle)))
         os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return out
 
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from espnet_mobile.data.images import load_rgb, palette_image, save_png_atomic
 from espnet_mobile.errors import UserError, run_cli
-from espnet_mobile.images import load_rgb, palette_image, save_png_atomic
 from espnet_mobile.preprocess import argmax_mask, overlay, preprocess, resize_mask_nearest
 
 

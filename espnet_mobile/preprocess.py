@@ -6,7 +6,7 @@ numbers from the same bytes. The bundle's manifest names these steps and the
 golden vectors prove the ports agree.
 
 Pre-processing (image -> model input):
-  1. decode to 8-bit RGB, EXIF orientation applied (``espnet_mobile.images.load_rgb``);
+  1. decode to 8-bit RGB, EXIF orientation applied (``espnet_mobile.data.images.load_rgb``);
   2. resize to the model's H x W by bilinear interpolation with half-pixel
      centres: source coordinate ``(dst + 0.5) * in / out - 0.5`` clamped to
      ``[0, in - 1]``, computed in float64 on the 0-255 values;

@@ -1,8 +1,9 @@
 """Shared fixtures: where the authors' checkpoints and photos are, and the slow-test switch.
 
 Checkpoints, photos and labelled datasets come from $ESPNET_MOBILE_WEIGHTS,
-$ESPNET_MOBILE_IMAGES and $ESPNET_MOBILE_DATASETS (.ci/run points them at ../shared). Without them those tests skip with the
-reason; under CI=true a missing folder is a failure, never a skip.
+$ESPNET_MOBILE_IMAGES and $ESPNET_MOBILE_DATASETS (.ci/run points them at ../shared).
+Without them those tests skip with the reason; under CI=true a missing folder is a
+failure, never a skip.
 Tests marked ``slow`` run with ``--slow`` or under CI=true.
 """
 

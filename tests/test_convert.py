@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import espnet_mobile as em
-from converters.common import MissingBackendError
+from converters.base import MissingBackendError
 from espnet_mobile import bundle as B
 from espnet_mobile import convert, package
 
@@ -40,7 +40,7 @@ def random_weights(tmp_path_factory) -> Path:
 def photos(tmp_path_factory) -> Path:
     from PIL import Image
 
-    from espnet_mobile import synthetic
+    from espnet_mobile.data import synthetic
 
     folder = tmp_path_factory.mktemp("photos")
     for i, (rgb, _) in enumerate(synthetic.scenes(6, 80, 96, 21)):
@@ -171,16 +171,19 @@ def test_default_precisions_leave_out_int8_without_data(monkeypatch) -> None:
 
 
 def test_missing_backend_disables_only_its_target(tmp_path, random_weights, photos, monkeypatch, capsys) -> None:
-    real = convert.backend_module
+    import dataclasses
 
-    class Missing:
-        @staticmethod
-        def convert(_req):
-            raise MissingBackendError("coremltools is not installed: pip install coremltools==9.0")
+    import converters
 
-    monkeypatch.setattr(convert, "backend_module", lambda t: Missing if t == "coreml" else real(t))
+    real = converters.backend
+
+    def missing(_req):
+        raise MissingBackendError("coremltools is not installed: pip install coremltools==9.0")
+
+    monkeypatch.setattr(converters, "backend",
+                        lambda t: dataclasses.replace(real(t), convert=missing) if t == "coreml" else real(t))
     code = _convert(tmp_path, random_weights, "--target", "coreml", "--precision", "fp32",
-                    "--calibration", str(photos))
+                    "--calibration", str(photos), "--jobs", "1")
     out = capsys.readouterr()
     assert code == 2 and "skipped - coremltools is not installed" in out.out
     assert B.load_manifest(tmp_path / MODEL)["artifacts"] == []
@@ -213,7 +216,7 @@ def test_killed_conversion_leaves_previous_bundle_intact(tflite_bundle, random_w
 
 def test_console_keeps_library_info_records_out_even_when_a_library_sets_root_to_info() -> None:
     # ExecuTorch's Vulkan modules call logging.getLogger("").setLevel(logging.INFO) at import.
-    code = ("import logging; from espnet_mobile.errors import quiet_third_party; quiet_third_party(); "
+    code = ("import logging; from espnet_mobile.console import quiet_third_party; quiet_third_party(); "
             "logging.getLogger('').setLevel(logging.INFO); logging.info('partitioner chatter'); "
             "logging.warning('a real warning')")
     env = {k: v for k, v in os.environ.items() if k != "ESPNET_MOBILE_VERBOSE"}

@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from converters.common import ConversionError, ConversionRequest, MissingBackendError
+from converters.base import ConversionError, ConversionRequest, MissingBackendError
+from converters.coreml import conversion as coreml_conversion
+from converters.coreml import quantize as coreml_quantize
 
 ct = pytest.importorskip("coremltools")
 coreml = pytest.importorskip("converters.coreml")
@@ -226,8 +228,8 @@ def test_mil_op_counts_from_path_model_and_spec_agree(converted) -> None:
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_no_op_expands(converted, precision: str) -> None:
     report = converted[precision].report
-    assert report["mil_op_total_non_const"] <= coreml.MAX_OP_RATIO * report["exported_op_total"]
-    assert report["mil_per_exported_op"] <= coreml.MAX_OP_RATIO
+    assert report["mil_op_total_non_const"] <= coreml_conversion.MAX_OP_RATIO * report["exported_op_total"]
+    assert report["mil_per_exported_op"] <= coreml_conversion.MAX_OP_RATIO
 
 
 def test_op_counts_of_a_missing_package_is_an_error(tmp_path: Path) -> None:
@@ -275,7 +277,7 @@ def test_standalone_batch_norm_becomes_depthwise_conv() -> None:
     gm = torch.export.export(model, (torch.rand(SHAPE),)).module()
     before = [n for n in gm.graph.nodes if n.target is torch.ops.aten.batch_norm.default]
     assert len(before) == 2
-    assert coreml._batch_norms_to_depthwise(gm) == 2
+    assert coreml_quantize._batch_norms_to_depthwise(gm) == 2
     assert not [n for n in gm.graph.nodes if n.target is torch.ops.aten.batch_norm.default]
     x = torch.rand(SHAPE)
     with torch.no_grad():

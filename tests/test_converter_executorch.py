@@ -13,10 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from converters.executorch import lowering as cx_lowering
+from converters.executorch import quantize as cx_quantize
+
 pytest.importorskip("executorch", reason="ExecuTorch not installed: pip install executorch==1.5.1")
 
 from converters import executorch as cx
-from converters.common import ConversionError, ConversionRequest, MissingBackendError
+from converters.base import ConversionError, ConversionRequest, MissingBackendError
 
 H = W = 64
 NUM_CLASSES = 5
@@ -71,7 +74,7 @@ class ToyDeployNet(nn.Module):
 
     def _fit_head(self) -> None:
         """Least-squares fit of the 1x1 head on the random features to a colour-segmentation
-        task, so that the logits are as decisive as a trained segmenter's rather than
+        task, so that the logits are as a trained segmenter's rather than
         near-ties everywhere (which would make any argmax comparison meaningless)."""
         feats: list[torch.Tensor] = []
         hook = self.head.register_forward_hook(lambda mod, args, out: feats.append(args[0]))
@@ -184,7 +187,7 @@ def test_run_pte_rejects_wrong_shape(fp32_result) -> None:
 
 def test_toy_graph_is_fully_delegated_to_xnnpack(fp32_result) -> None:
     rep = fp32_result.report["delegation"]
-    assert rep["fully_delegated"], cx.format_delegation_report(rep)
+    assert rep["fully_delegated"], cx_lowering.format_delegation_report(rep)
     assert rep["non_delegated_compute"] == {}
     assert rep["rejections"] == {}
     assert rep["backends"] == {"XnnpackBackend": {"subgraphs": 1, "ops": rep["delegated"]}}
@@ -213,7 +216,7 @@ def test_toy_graph_is_fully_delegated_to_xnnpack(fp32_result) -> None:
 
 
 def test_delegation_report_table(fp32_result) -> None:
-    table = cx.format_delegation_report(fp32_result.report["delegation"])
+    table = cx_lowering.format_delegation_report(fp32_result.report["delegation"])
     assert "aten.convolution.default" in table and "XnnpackBackend: 1 subgraph(s)" in table
     assert "fully delegated" in table and "NOT fully" not in table
     total = next(line for line in table.splitlines() if line.startswith("TOTAL"))
@@ -242,7 +245,7 @@ def test_delegation_report_names_non_delegated_ops_and_reasons(tmp_path) -> None
     assert rep["ops"]["aten.mul.Tensor"]["delegated"] == 1
     (reason,) = rep["rejections"].values()
     assert "avg_pool2d" in reason and "padding" in reason
-    table = cx.format_delegation_report(rep)
+    table = cx_lowering.format_delegation_report(rep)
     assert "NOT fully delegated" in table and "aten.avg_pool2d.default x1" in table
     # Same delegated count as ExecuTorch's own utility.
     from executorch.devtools.backend_debug import get_delegation_info
@@ -264,7 +267,7 @@ def test_delegation_report_names_non_delegated_ops_and_reasons(tmp_path) -> None
 def test_int8_argmax_agrees_with_fp32(toy, fp32_result, int8_result) -> None:
     assert int8_result.precision == "int8" and int8_result.executable_here
     assert int8_result.report["quantization"]["calibration_samples"] == 16
-    assert int8_result.report["delegation"]["fully_delegated"], cx.format_delegation_report(
+    assert int8_result.report["delegation"]["fully_delegated"], cx_lowering.format_delegation_report(
         int8_result.report["delegation"])
     assert int8_result.report["pte_bytes"] < fp32_result.report["pte_bytes"]
     assert "torchao" in int8_result.tool_versions
@@ -310,12 +313,12 @@ class _CollapsedBatchNorm(nn.Module):
 
 def test_high_gain_convolutions_finds_collapsed_batchnorm() -> None:
     gm = torch.export.export(_CollapsedBatchNorm(), (torch.rand(1, 3, 8, 8),), strict=False).module()
-    found = cx.high_gain_convolutions(gm, cx.DEFAULT_MAX_WEIGHT_GAIN)
+    found = cx_quantize.high_gain_convolutions(gm, cx.DEFAULT_MAX_WEIGHT_GAIN)
     assert [v["module"] for v in found.values()] == ["a"]
     (info,) = found.values()
     expected = 3.0 / (1e-9 + 1e-5) ** 0.5 * (0.1**2 * 27) ** 0.5  # |gamma|/sqrt(var+eps) * ||w||
     assert info["gain"] == pytest.approx(expected, rel=1e-3)
-    assert cx.high_gain_convolutions(gm, 1e6) == {}
+    assert cx_quantize.high_gain_convolutions(gm, 1e6) == {}
 
 
 class _ConcatBatchNormPReLU(nn.Module):
@@ -344,9 +347,9 @@ class _ConcatBatchNormPReLU(nn.Module):
 
 def test_affines_before_prelu_finds_the_batchnorm_conv_only() -> None:
     gm = torch.export.export(_ConcatBatchNormPReLU(), (torch.rand(1, 3, 16, 16),), strict=False).module()
-    found = cx.affines_before_prelu(gm)
+    found = cx_quantize.affines_before_prelu(gm)
     assert [v["module"] for v in found.values()] == ["bn"]
-    assert cx.affines_before_prelu(torch.export.export(
+    assert cx_quantize.affines_before_prelu(torch.export.export(
         ToyDeployNet(), (torch.rand(1, 3, H, W),), strict=False).module()) == {}  # no such affine there
 
 
@@ -386,19 +389,20 @@ def _named_constant_keys(path) -> list[str]:
 def test_xnnpack_constants_get_short_names_and_the_same_outputs(toy, example, fp32_result, tmp_path,
                                                                 monkeypatch) -> None:
     keys = _named_constant_keys(fp32_result.path)
-    assert keys and all(len(k.removeprefix("scale_")) == cx.CONSTANT_KEY_HEX_DIGITS for k in keys)
-    assert fp32_result.report["constant_keys"] == {"hex_digits": cx.CONSTANT_KEY_HEX_DIGITS, "kept_full_digest": 0}
+    assert keys and all(len(k.removeprefix("scale_")) == cx_lowering.CONSTANT_KEY_HEX_DIGITS for k in keys)
+    assert fp32_result.report["constant_keys"] == {"hex_digits": cx_lowering.CONSTANT_KEY_HEX_DIGITS,
+                                                   "kept_full_digest": 0}
     expected = cx.run_pte(fp32_result.path, example)
 
     # sha256's full 64 digits, as XNNPACK names them itself: a larger file, the same program
-    monkeypatch.setattr(cx, "CONSTANT_KEY_HEX_DIGITS", 64)
+    monkeypatch.setattr(cx_lowering, "CONSTANT_KEY_HEX_DIGITS", 64)
     full = cx.convert(ConversionRequest(module=toy, example_input=example, precision="fp32",
                                         out_path=tmp_path / "full.pte"))
     assert full.report["pte_bytes"] - fp32_result.report["pte_bytes"] >= len(keys) * (64 - 16) * 2 - 16 * len(keys)
     assert torch.equal(cx.run_pte(full.path, example), expected)
 
     # One digit: names clash, and each clashing constant keeps its full digest instead
-    monkeypatch.setattr(cx, "CONSTANT_KEY_HEX_DIGITS", 1)
+    monkeypatch.setattr(cx_lowering, "CONSTANT_KEY_HEX_DIGITS", 1)
     clashing = cx.convert(ConversionRequest(module=toy, example_input=example, precision="fp32",
                                             out_path=tmp_path / "clash.pte"))
     assert clashing.report["constant_keys"]["kept_full_digest"] > 0

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from converters.common import ConversionError, ConversionRequest, MissingBackendError
+from converters.base import ConversionError, ConversionRequest, MissingBackendError
+from converters.tflite import conversion as tflite_conversion
+from converters.tflite import passes as tflite_passes
 
 tflite = pytest.importorskip("converters.tflite")
 pytest.importorskip("litert_torch")
@@ -373,13 +375,13 @@ def test_quantizer_rewrites_are_exact(net, example):
     gm = torch.export.export(net, (example,), strict=False).module()
     ref = gm(example)
     steps = [  # (rewrite, how many places it applies to in TinySegNet)
-        (tflite._rewrite_eval_batch_norm, 5),  # all 5 here: conv-BN folding runs in prepare_pt2e
-        (tflite._unshare_constants, None),
-        (tflite._split_affine_after_cat, 1),  # cat -> BN -> PReLU before the classifier
+        (tflite_passes._rewrite_eval_batch_norm, 5),  # all 5 here: conv-BN folding runs in prepare_pt2e
+        (tflite_passes._unshare_constants, None),
+        (tflite_passes._split_affine_after_cat, 1),  # cat -> BN -> PReLU before the classifier
         # The three conv -> BN pairs (prepare_pt2e would have folded them already); not the BN
         # after the add, nor the split affines (one reads a transposed conv, one a PReLU).
-        (lambda g: tflite._fold_affine_into_conv(g, max_gain=None), 3),
-        (tflite._decompose_prelu, 6),  # 5 PReLUs, the one after the concat now split in two
+        (lambda g: tflite_passes._fold_affine_into_conv(g, max_gain=None), 3),
+        (tflite_passes._decompose_prelu, 6),  # 5 PReLUs, the one after the concat now split in two
     ]
     for rewrite, expected in steps:
         n = rewrite(gm)
@@ -427,14 +429,14 @@ def test_affines_fold_through_resizes_into_the_conv_that_feeds_them():
     x = torch.randn(1, 6, 8, 8)
     gm = torch.export.export(Branches().eval(), (x,), strict=False).module()
     ref = gm(x)
-    assert tflite._rewrite_eval_batch_norm(gm) == 3
+    assert tflite_passes._rewrite_eval_batch_norm(gm) == 3
     affines = lambda: sum(  # noqa: E731
-        tflite._is_pointwise_depthwise(gm, n, 6) for n in gm.graph.nodes if n.op == "call_function")
+        tflite_passes._is_pointwise_depthwise(gm, n, 6) for n in gm.graph.nodes if n.op == "call_function")
     assert affines() == 3
-    assert tflite._fold_affine_into_conv(gm, max_gain=100.0) == 1
+    assert tflite_passes._fold_affine_into_conv(gm, max_gain=100.0) == 1
     assert affines() == 2  # the shared conv's and the high-gain one remain
     torch.testing.assert_close(gm(x), ref, rtol=1e-5, atol=1e-5)
-    assert tflite._fold_affine_into_conv(gm, max_gain=None) == 1  # no gain limit: the loud one too
+    assert tflite_passes._fold_affine_into_conv(gm, max_gain=None) == 1  # no gain limit: the loud one too
     torch.testing.assert_close(gm(x), ref, rtol=1e-4, atol=1e-4 * float(ref.detach().abs().max()))
 
 
@@ -442,24 +444,24 @@ def test_prelu_slopes_of_narrow_tensors_are_tiled_along_the_width():
     class TwoPReLUs(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.narrow, self.wide = nn.PReLU(8), nn.PReLU(tflite.PRELU_TILE_MAX_CHANNELS)
+            self.narrow, self.wide = nn.PReLU(8), nn.PReLU(tflite_passes.PRELU_TILE_MAX_CHANNELS)
             for m in (self.narrow, self.wide):
                 m.weight.data.uniform_(-0.3, 0.6)
             self.narrow.weight.data[0] = 1.5  # a slope above 1: the rewrite with a second scale
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.wide(self.narrow(x).repeat(1, tflite.PRELU_TILE_MAX_CHANNELS // 8, 1, 1))
+            return self.wide(self.narrow(x).repeat(1, tflite_passes.PRELU_TILE_MAX_CHANNELS // 8, 1, 1))
 
     x = torch.randn(1, 8, 6, 10)
     gm = torch.export.export(TwoPReLUs().eval(), (x,), strict=False).module()
     ref = gm(x)
-    assert tflite._decompose_prelu(gm) == 2
+    assert tflite_passes._decompose_prelu(gm) == 2
     shapes = {name.rstrip("0123456789"): tuple(b.shape) for name, b in gm.named_buffers()
               if name.startswith("_prelu_")}
     # NCHW [1, C, 1, W] is NHWC [1, 1, W, C]: one contiguous run per image row instead of per pixel.
     # The narrow PReLU (a slope above 1) is -1 * x (a scalar), ReLU, then the tiled factor 1 - a.
     assert shapes == {"_prelu_minus_one_": (1, 1, 1, 1), "_prelu_factor_": (1, 8, 1, 10),
-                      "_prelu_slope_": (1, tflite.PRELU_TILE_MAX_CHANNELS, 1, 1)}
+                      "_prelu_slope_": (1, tflite_passes.PRELU_TILE_MAX_CHANNELS, 1, 1)}
     torch.testing.assert_close(gm(x), ref, rtol=1e-6, atol=1e-6)
 
 
@@ -495,13 +497,13 @@ def test_quantizer_keeps_high_gain_convs_and_their_prelus_in_float(example):
 
     net = HighGainNet().eval()
     converted = {}
-    for gain in (tflite.DEFAULT_MAX_WEIGHT_GAIN, None):
+    for gain in (tflite_conversion.DEFAULT_MAX_WEIGHT_GAIN, None):
         quantizer = tflite.get_quantizer(max_weight_gain=gain)
         gm = prepare_pt2e(torch.export.export(net, (example,), strict=False).module(), quantizer)
         for x in _images(2, seed=5):
             gm(x)
         converted[gain] = (convert_pt2e(gm, fold_quantize=False), quantizer.float_islands)
-    gm, islands = converted[tflite.DEFAULT_MAX_WEIGHT_GAIN]
+    gm, islands = converted[tflite_conversion.DEFAULT_MAX_WEIGHT_GAIN]
     assert [v["module"] for v in islands.values()] == ["amplify.conv"]
     assert next(iter(islands.values()))["gain"] > 100
     convs = [n for n in gm.graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.conv2d.default]
@@ -529,11 +531,11 @@ def test_int8_high_gain_conv_runs_in_float_and_agrees_better(eval_images, exampl
     net = HighGainNet().eval()
     calibration = _images(12, seed=3)
     results = {}
-    for gain in (tflite.DEFAULT_MAX_WEIGHT_GAIN, None):
+    for gain in (tflite_conversion.DEFAULT_MAX_WEIGHT_GAIN, None):
         results[gain] = tflite.convert(_request(net, example, "int8", tmp_path / f"gain_{gain}.tflite",
                                                 calibration=calibration,
                                                 options={"int8_max_weight_gain": gain}))
-    kept = results[tflite.DEFAULT_MAX_WEIGHT_GAIN]
+    kept = results[tflite_conversion.DEFAULT_MAX_WEIGHT_GAIN]
     assert list(v["module"] for v in kept.report["float_convs"].values()) == ["amplify.conv"]
     assert kept.report["float_ops"].get("DEPTHWISE_CONV_2D") == 1
     assert results[None].report["float_ops"] == {}

@@ -17,7 +17,9 @@ import pytest
 import torch
 from torch import nn
 
-from espnet_mobile import culprit as C
+from converters import debug
+from converters.tflite import debugger as tfl_debugger
+from espnet_mobile.parity import culprit
 
 MODEL_ID = "espnet_p_2_q_3"  # ESPNet with its decoder: small graph, quick to convert
 PERTURBED = "combine_l2_l3.1.d2.conv"  # a dilated conv of the decoder's ESP module
@@ -28,10 +30,10 @@ H, W = 32, 64
 
 
 def test_tensor_locations_split_fused_ops_and_drop_the_counter() -> None:
-    assert C.tensor_locations("a/b;;a/c;2") == ["a/b", "a/c"]
-    assert C.tensor_locations("a/b;") == ["a/b"]
-    assert C.tensor_locations("a/b;13") == ["a/b"]
-    assert C.tensor_locations("arith.constant") == ["arith.constant"]
+    assert tfl_debugger.tensor_locations("a/b;;a/c;2") == ["a/b", "a/c"]
+    assert tfl_debugger.tensor_locations("a/b;") == ["a/b"]
+    assert tfl_debugger.tensor_locations("a/b;13") == ["a/b"]
+    assert tfl_debugger.tensor_locations("arith.constant") == ["arith.constant"]
 
 
 class Inner(nn.Module):
@@ -59,7 +61,7 @@ def test_location_resolver_finds_modules_called_out_of_a_list() -> None:
     resolve, shared ones are told apart by the tensor's size, and a tie is never guessed."""
     root = Lists()
     prefix = "converters.tflite._NamedIO/tests.test_culprit.Lists_inner/"
-    r = C._LocationResolver(root, {"early.1.conv": 8 * 16 * 16, "late.1.conv": 8 * 8 * 8,
+    r = tfl_debugger._LocationResolver(root, {"early.1.conv": 8 * 16 * 16, "late.1.conv": 8 * 8 * 8,
                                    "early.2.conv": 8 * 16 * 16})
     assert r.resolve(prefix + "tests.test_culprit.Inner_2/torch.nn.modules.conv.Conv2d_conv") == "early.2.conv"
     loc = prefix + "tests.test_culprit.Inner_1/torch.nn.modules.conv.Conv2d_conv"
@@ -71,7 +73,7 @@ def test_location_resolver_finds_modules_called_out_of_a_list() -> None:
 
 def test_location_resolver_walks_the_module_tree() -> None:
     root = Root()
-    r = C._LocationResolver(root)
+    r = tfl_debugger._LocationResolver(root)
     loc = ("converters.tflite._NamedIO/tests.test_culprit.Root_inner/torch.nn.modules.container.Sequential_body/"
            "tests.test_culprit.Inner_1/torch.nn.modules.activation.PReLU_br_after_cat")
     assert r.resolve(loc) == "body.1.br_after_cat"  # attribute names with underscores resolve too
@@ -82,44 +84,44 @@ def test_location_resolver_walks_the_module_tree() -> None:
 
 
 def test_pick_culprit_wants_a_jump_against_the_inputs() -> None:
-    e = [C.Compared("a", "a", "conv", 1e-7), C.Compared("b", "b", "conv", 2e-3, [0]),
-         C.Compared("c", "c", "add", 3e-3, [1]), C.Compared("d", "d", "conv", 0.5, [2]),
-         C.Compared("e", "e", "conv", 0.6, [3])]
-    assert C.pick_culprit(e, 1e-4) == (1, "first layer over the threshold whose error jumps against its inputs")
-    assert C.pick_culprit(e, 1e-2)[0] == 3  # b and c stay under; d jumps
-    flat = [C.Compared("a", "a", "x", 0.2), C.Compared("b", "b", "x", 0.21, [0])]
-    assert C.pick_culprit(flat, 0.1)[0] == 0
-    assert C.pick_culprit(flat, 0.5) == (None, "no compared layer exceeds the threshold")
-    result = C.summarize("m", e, 1e-2)
+    e = [debug.Compared("a", "a", "conv", 1e-7), debug.Compared("b", "b", "conv", 2e-3, [0]),
+         debug.Compared("c", "c", "add", 3e-3, [1]), debug.Compared("d", "d", "conv", 0.5, [2]),
+         debug.Compared("e", "e", "conv", 0.6, [3])]
+    assert debug.pick_culprit(e, 1e-4) == (1, "first layer over the threshold whose error jumps against its inputs")
+    assert debug.pick_culprit(e, 1e-2)[0] == 3  # b and c stay under; d jumps
+    flat = [debug.Compared("a", "a", "x", 0.2), debug.Compared("b", "b", "x", 0.21, [0])]
+    assert debug.pick_culprit(flat, 0.1)[0] == 0
+    assert debug.pick_culprit(flat, 0.5) == (None, "no compared layer exceeds the threshold")
+    result = debug.summarize("m", e, 1e-2)
     assert result["layer"] == "d" and result["input_rel_error"] == 0.003
     assert [d["layer"] for d in result["details"]] == ["a", "b", "c", "d", "e"]
     # A tensor compared with the wrong reference (its consumers are exact again) is not the culprit.
-    mismatched = [C.Compared("a", "a", "conv", 1e-7), C.Compared("dw", "dw", "dwconv", 1.3, [0]),
-                  C.Compared("bn", "bn", "dwconv", 2e-6, [1]), C.Compared("p", "p", "conv", 1.5, [2]),
-                  C.Compared("q", "q", "conv", 1.6, [3])]
-    assert C.pick_culprit(mismatched, 1e-4)[0] == 3
+    mismatched = [debug.Compared("a", "a", "conv", 1e-7), debug.Compared("dw", "dw", "dwconv", 1.3, [0]),
+                  debug.Compared("bn", "bn", "dwconv", 2e-6, [1]), debug.Compared("p", "p", "conv", 1.5, [2]),
+                  debug.Compared("q", "q", "conv", 1.6, [3])]
+    assert debug.pick_culprit(mismatched, 1e-4)[0] == 3
 
 
 def test_weight_alignment_is_blind_to_per_channel_scales() -> None:
     w = torch.randn(6, 4, 3, 3)
     node = SimpleNamespace(target=torch.ops.aten.conv2d.default)
-    tfl = C._weight_in_tflite_layout(node, w, "CONV_2D")
+    tfl = tfl_debugger._weight_in_tflite_layout(node, w, "CONV_2D")
     assert tfl.shape == (6, 3, 3, 4)
     folded = tfl * np.array([0.5, -2, 3, 1, 1, 7]).reshape(6, 1, 1, 1)  # a batch norm folded in
-    assert C._channel_cosine(folded, tfl, 0) == pytest.approx(1.0)
-    assert C._channel_cosine(np.roll(folded, 1, axis=0), tfl, 0) < 0.5  # another conv's filter
+    assert tfl_debugger._channel_cosine(folded, tfl, 0) == pytest.approx(1.0)
+    assert tfl_debugger._channel_cosine(np.roll(folded, 1, axis=0), tfl, 0) < 0.5  # another conv's filter
     dw = torch.randn(8, 1, 3, 3)
-    assert C._weight_in_tflite_layout(node, dw, "DEPTHWISE_CONV_2D").shape == (1, 3, 3, 8)
+    assert tfl_debugger._weight_in_tflite_layout(node, dw, "DEPTHWISE_CONV_2D").shape == (1, 3, 3, 8)
     tnode = SimpleNamespace(target=torch.ops.aten.conv_transpose2d.input)
-    assert C._weight_in_tflite_layout(tnode, torch.randn(5, 3, 2, 2), "TRANSPOSE_CONV").shape == (3, 2, 2, 5)
-    assert C._weight_in_tflite_layout(tnode, torch.randn(5, 3, 2, 2), "CONV_2D") is None
+    assert tfl_debugger._weight_in_tflite_layout(tnode, torch.randn(5, 3, 2, 2), "TRANSPOSE_CONV").shape == (3, 2, 2, 5)
+    assert tfl_debugger._weight_in_tflite_layout(tnode, torch.randn(5, 3, 2, 2), "CONV_2D") is None
 
 
 def test_rel_error() -> None:
     ref = np.array([1.0, -4.0, 2.0])
-    assert C.rel_error(ref + np.array([0, 0.4, 0]), ref) == pytest.approx(0.1)
-    assert C.rel_error(np.array([np.nan, 0, 0]), ref) == float("inf")
-    assert C.rel_error(np.array([0.5]), np.array([0.0])) == 0.5
+    assert debug.rel_error(ref + np.array([0, 0.4, 0]), ref) == pytest.approx(0.1)
+    assert debug.rel_error(np.array([np.nan, 0, 0]), ref) == float("inf")
+    assert debug.rel_error(np.array([0.5]), np.array([0.0])) == 0.5
 
 
 class Chain(nn.Module):
@@ -153,7 +155,7 @@ def test_bisect_finds_the_node_a_backend_gets_wrong() -> None:
             out = bad(xt)
         return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
 
-    result = C.bisect_graph(model, x, broken_backend, 1e-4)
+    result = debug.bisect_graph(model, x, broken_backend, 1e-4)
     assert result["method"] == "bisect" and result["reproduced"]
     assert result["layer"] == "b"
     assert result["steps"] == len(calls) <= 6
@@ -163,7 +165,7 @@ def test_bisect_finds_the_node_a_backend_gets_wrong() -> None:
             out = prefix(xt)
         return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
 
-    assert C.bisect_graph(model, x, good_backend, 1e-4)["reproduced"] is False
+    assert debug.bisect_graph(model, x, good_backend, 1e-4)["reproduced"] is False
 
 
 def test_locate_refuses_other_targets() -> None:
@@ -172,7 +174,7 @@ def test_locate_refuses_other_targets() -> None:
 
     entry = get_entry(MODEL_ID)
     model = em.build_model(entry).eval()
-    res = C.locate(SimpleNamespace(judged_as="fp32"), {"target": "onnx", "precision": "fp32"}, Path("x"), model,
+    res = culprit.locate(SimpleNamespace(judged_as="fp32"), {"target": "onnx", "precision": "fp32"}, Path("x"), model,
                    entry, np.zeros((1, 3, H, W), dtype=np.float32))
     assert res == {"method": "none", "layer": None, "reason": "no culprit search for target 'onnx'"}
 
@@ -204,13 +206,13 @@ def perturbed(tmp_path_factory) -> SimpleNamespace:
 
 def failing_check(p: SimpleNamespace, art: dict, path: Path, runtime_name: str):
     """Run the artifact like the parity check does, against the *unperturbed* reference; it must fail."""
+    import converters
     from espnet_mobile import bundle as B
     from espnet_mobile import parity
     from espnet_mobile.deploy import reference_forward
     from espnet_mobile.preprocess import argmax_mask
-    from espnet_mobile.runtimes.registry import discover
 
-    spec = next(s for s in discover() if s.name == runtime_name)
+    spec = next(s for s in converters.runtimes() if s.name == runtime_name)
     x = p.x.numpy()
     logits = reference_forward(p.model, p.entry, p.x).numpy()
     refs = [parity.Reference("sample", None, x, logits, argmax_mask(logits), None)]
@@ -227,7 +229,7 @@ def test_tflite_culprit_names_the_perturbed_conv(perturbed) -> None:
     pytest.importorskip("litert_torch")
     pytest.importorskip("ai_edge_litert")
     from converters import tflite
-    from converters.common import ConversionRequest
+    from converters.base import ConversionRequest
 
     path = perturbed.tmp / "bad.tflite"
     tflite.convert(ConversionRequest(module=perturbed.bad, example_input=perturbed.x, precision="fp32",
@@ -245,7 +247,7 @@ def test_tflite_culprit_names_the_perturbed_conv(perturbed) -> None:
 def test_coreml_culprit_names_the_perturbed_conv(perturbed) -> None:
     pytest.importorskip("coremltools")
     from converters import coreml
-    from converters.common import ConversionRequest
+    from converters.base import ConversionRequest
 
     path = perturbed.tmp / "bad.mlpackage"
     coreml.convert(ConversionRequest(module=perturbed.bad, example_input=perturbed.x, precision="fp32",
@@ -263,7 +265,7 @@ def test_tflite_int8_culprit_by_weight_alignment(perturbed) -> None:
     """PT2E-quantized TFLite graphs lose litert-torch's module names; convs are paired by their weights."""
     pytest.importorskip("litert_torch")
     from converters import tflite
-    from converters.common import ConversionRequest
+    from converters.base import ConversionRequest
 
     g = torch.Generator().manual_seed(2)
     calibration = [perturbed.x] + [torch.rand(1, 3, H, W, generator=g) for _ in range(7)]
@@ -283,7 +285,7 @@ def test_executorch_culprit_via_numeric_gap(perturbed) -> None:
     *reference* cannot reproduce a perturbed artifact, and the report must say so."""
     pytest.importorskip("executorch")
     from converters import executorch
-    from converters.common import ConversionRequest
+    from converters.base import ConversionRequest
 
     path = perturbed.tmp / "bad.pte"
     executorch.convert(ConversionRequest(module=perturbed.bad, example_input=perturbed.x, precision="fp32",
@@ -301,7 +303,7 @@ def test_run_in_child_returns_the_result_and_survives_a_native_abort() -> None:
     import math
     import os
 
-    from espnet_mobile.culprit import run_in_child
+    from converters.executorch.debugger import run_in_child
 
     assert run_in_child(math.sqrt, 6.25) == 2.5
     # The ExecuTorch runtime aborts when an ETDump buffer fills; in the child that is an error, not our end.

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import espnet_mobile as em
-from espnet_mobile import equalize as EQ
+from espnet_mobile.deploy import equalize as EQ
 from espnet_mobile.deploy import make_deployable
 from tests.conftest import checkpoint_path
 
@@ -143,7 +143,7 @@ def test_post_training_int8_of_the_default_model_reaches_97_percent(weights_dir:
     scored on 4 others: equalization must lift argmax agreement with fp32 to at least 97%."""
     from converters.executorch import quantize_pt2e
     from espnet_mobile.convert import calibration_inputs
-    from espnet_mobile.weights import load_into, load_state_dict
+    from espnet_mobile.zoo.weights import load_into, load_state_dict
 
     entry = em.get_entry(DEFAULT)
     model = em.build_model(entry)

@@ -19,8 +19,7 @@ from PIL import Image
 import espnet_mobile as em
 from espnet_mobile import bundle as B
 from espnet_mobile import convert, evaluate
-from espnet_mobile.dataset_stats import authors_channel_stats, dataset_stats
-from tests.conftest import checkpoint_path
+from espnet_mobile.zoo.dataset_stats import authors_channel_stats, dataset_stats
 
 CAMVID_MODEL = "espnet_p_2_q_8_camvid"
 FEW = 6  # CamVid val frames for the fast tests

@@ -20,8 +20,8 @@ from torch import nn
 ct = pytest.importorskip("coremltools")
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 
-from espnet_mobile.runtimes import mil_interpreter as mi  # noqa: E402
-from espnet_mobile.runtimes.mil_interpreter import MILProgram, UnsupportedMILOp  # noqa: E402
+from converters.coreml import mil_interpreter as mi  # noqa: E402
+from converters.coreml.mil_interpreter import MILProgram, UnsupportedMILOp  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
@@ -391,9 +391,9 @@ def test_intermediates_by_var_name_and_trace_order() -> None:
 
 
 def test_runtime_is_registered() -> None:
-    from espnet_mobile.runtimes.registry import discover
+    import converters
 
-    (spec,) = [s for s in discover() if s.name == "mil-reference-interpreter"]
+    (spec,) = [s for s in converters.runtimes() if s.name == "mil-reference-interpreter"]
     assert spec.label == "MIL reference interpreter, not the Core ML runtime"
     assert spec.applies({"target": "coreml", "delegate": "coreml"})
     assert not spec.applies({"target": "executorch", "delegate": "coreml"})
@@ -450,7 +450,7 @@ def small_net() -> SmallNet:
 
 def convert(module: nn.Module, example: torch.Tensor, precision: str, out: Path, **kw):
     from converters import coreml
-    from converters.common import ConversionRequest
+    from converters.base import ConversionRequest
 
     return coreml.convert(ConversionRequest(module=module, example_input=example, precision=precision,
                                             out_path=out, **kw))
@@ -515,8 +515,8 @@ def test_small_network_int8_matches_the_quantized_graph(small_packages) -> None:
 def _zoo_deployable(weights_dir: Path, model_id: str, h: int, w: int):
     import espnet_mobile as em
     from espnet_mobile.deploy import make_deployable
-    from espnet_mobile.weights import load_into, load_state_dict
     from espnet_mobile.zoo import get_entry
+    from espnet_mobile.zoo.weights import load_into, load_state_dict
     from tests.conftest import checkpoint_path
 
     entry = get_entry(model_id)

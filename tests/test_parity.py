@@ -89,7 +89,7 @@ def built(tmp_path_factory) -> SimpleNamespace:
     """Random weights, the same with one conv x5, and a TFLite fp32 bundle converted from each."""
     from PIL import Image
 
-    from espnet_mobile import synthetic
+    from espnet_mobile.data import synthetic
 
     tmp = tmp_path_factory.mktemp("parity_build")
     torch.manual_seed(0)
@@ -145,7 +145,7 @@ def independent(built) -> SimpleNamespace:
     from ai_edge_litert.interpreter import Interpreter
 
     from espnet_mobile import metrics as M
-    from espnet_mobile import synthetic
+    from espnet_mobile.data import synthetic
     from espnet_mobile.deploy import reference_forward
     from espnet_mobile.preprocess import preprocess
 
@@ -175,7 +175,7 @@ def independent(built) -> SimpleNamespace:
 
 
 def thresholds_json() -> dict:
-    return json.loads((Path(em.__file__).parent / "thresholds.json").read_text())
+    return json.loads((Path(em.__file__).parent / "parity" / "thresholds.json").read_text())
 
 
 # --------------------------------------------------------------------------- a passing bundle

@@ -9,7 +9,7 @@ from PIL import Image
 
 import espnet_mobile as em
 from espnet_mobile import predict
-from espnet_mobile.images import load_rgb
+from espnet_mobile.data.images import load_rgb
 
 MODEL = "espnetv2_s_0.5_pascal_256x256"
 
@@ -99,9 +99,9 @@ def test_cli_console_keeps_library_noise_out(monkeypatch) -> None:
     import logging
     import warnings
 
-    from espnet_mobile import errors
+    from espnet_mobile import console, errors
 
-    monkeypatch.delenv(errors.VERBOSE_ENV, raising=False)
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
     root = logging.getLogger()
     saved_handlers, saved_level = list(root.handlers), root.level
     root.handlers.clear()

@@ -22,10 +22,18 @@ import pytest
 import torch
 
 import espnet_mobile as em
-from espnet_mobile import qat, qat_checkpoint, qat_data, qat_eval
-from espnet_mobile import qat_graph as G
 from espnet_mobile.errors import UserError
 from espnet_mobile.metrics import sqnr_db
+from espnet_mobile.qat import __main__ as qat_cli
+from espnet_mobile.qat import checkpoint as qat_checkpoint
+from espnet_mobile.qat import config as qat_config
+from espnet_mobile.qat import data as qat_data
+from espnet_mobile.qat import distributed as qat_distributed
+from espnet_mobile.qat import evaluate as qat_eval
+from espnet_mobile.qat import graph as G
+from espnet_mobile.qat import loading as qat_loading
+from espnet_mobile.qat import losses as qat_losses
+from espnet_mobile.qat import run as qat_run
 
 TINY = "espnetv2_s_0.5_pascal_256x256"
 ESPNET = "espnet_p_2_q_3"
@@ -196,8 +204,8 @@ def test_qat_starts_from_histogram_ranges():
 def test_schedule_switches_observers_and_batchnorm(espnet_prepared):
     _, prepared = espnet_prepared
     gm = copy.deepcopy(prepared.module)
-    run = qat.Run.__new__(qat.Run)
-    run.cfg = qat.RunConfig(model=ESPNET, backend="xnnpack", steps=10, observer_freeze=0.6, bn_freeze=0.7)
+    run = qat_run.Run.__new__(qat_run.Run)
+    run.cfg = qat_config.RunConfig(model=ESPNET, backend="xnnpack", steps=10, observer_freeze=0.6, bn_freeze=0.7)
     run._schedule(gm, 5)
     assert G.quant_state(gm)["observers"] and G.batchnorm_training(gm)
     run._schedule(gm, 6)
@@ -218,10 +226,10 @@ def test_high_gain_layers_are_found_and_left_untrained():
                 m.running_var.uniform_(0.5, 2.0)
         model.base_net.level2_0.eesp.conv_1x1_exp.bn.running_var.fill_(1e-8)
     gm = G.prepare_qat(model, em.get_entry(TINY), "xnnpack", SIZE, SIZE).module
-    gains = G.high_gain_parameters(gm, qat.MAX_TRAINED_GAIN)
+    gains = G.high_gain_parameters(gm, qat_config.MAX_TRAINED_GAIN)
     layer = "body.level2_0.eesp.conv_1x1_exp."
     assert sorted(gains) == [layer + "bn.bias", layer + "bn.weight", layer + "conv.weight"]
-    assert min(gains.values()) > qat.MAX_TRAINED_GAIN
+    assert min(gains.values()) > qat_config.MAX_TRAINED_GAIN
     assert G.high_gain_parameters(gm, 1e6) == {}
     assert G.freeze_parameters(gm, [*gains, "no.such.parameter"]) == 3
     G.set_batchnorm_training(gm, False)
@@ -236,19 +244,19 @@ def test_high_gain_layers_are_found_and_left_untrained():
 
 def test_checkpoints_from_before_the_freeze_and_the_tiling_still_load():
     """Old configs trained every layer; old TFLite QAT states hold PReLU slopes untiled ([1,C,1,1])."""
-    old = qat.RunConfig.from_dict({"model": TINY, "backend": "tflite"})
+    old = qat_config.RunConfig.from_dict({"model": TINY, "backend": "tflite"})
     assert old.max_trained_gain == 0.0
-    assert qat.RunConfig.from_dict(qat.RunConfig(model=TINY, backend="tflite").to_dict()).max_trained_gain \
-        == qat.MAX_TRAINED_GAIN
+    fresh = qat_config.RunConfig(model=TINY, backend="tflite").to_dict()
+    assert qat_config.RunConfig.from_dict(fresh).max_trained_gain == qat_config.MAX_TRAINED_GAIN
 
     module = torch.nn.Module()
     module.register_buffer("_prelu_slope_0", torch.zeros(1, 3, 1, 5))
     module.register_buffer("weight", torch.zeros(1, 3, 1, 5))
     slope = torch.tensor([0.1, -0.2, 0.3]).reshape(1, 3, 1, 1)
-    qat._load_state(module, {"_prelu_slope_0": slope, "weight": torch.ones(1, 3, 1, 5)}, "old.pt")
+    qat_loading._load_state(module, {"_prelu_slope_0": slope, "weight": torch.ones(1, 3, 1, 5)}, "old.pt")
     torch.testing.assert_close(module._prelu_slope_0, slope.expand(1, 3, 1, 5))
     with pytest.raises(UserError, match="does not fit"):  # only PReLU slopes are widened
-        qat._load_state(module, {"_prelu_slope_0": slope, "weight": torch.ones(1, 3, 1, 1)}, "old.pt")
+        qat_loading._load_state(module, {"_prelu_slope_0": slope, "weight": torch.ones(1, 3, 1, 1)}, "old.pt")
 
 
 def test_loss_decreases_on_a_fixed_batch():
@@ -262,7 +270,7 @@ def test_loss_decreases_on_a_fixed_batch():
     opt = torch.optim.Adam([p for _, p in G.trainable_parameters(gm)], lr=3e-2)
     losses = []
     for _ in range(8):
-        loss, _ = qat.label_loss(gm(x), y, qat.Dist())
+        loss, _ = qat_losses.label_loss(gm(x), y, qat_distributed.Dist())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -274,14 +282,15 @@ def test_loss_decreases_on_a_fixed_batch():
 
 
 @pytest.mark.parametrize("kind, given, expected", [
-    ("synthetic", [], qat.LABELLED_LR), ("voc", [], qat.LABELLED_LR), ("distill", [], qat.DISTILL_LR),
+    ("synthetic", [], qat_config.LABELLED_LR), ("voc", [], qat_config.LABELLED_LR),
+    ("distill", [], qat_config.DISTILL_LR),
     ("distill", ["--lr", "2e-4"], 2e-4), ("synthetic", ["--lr", "2e-6"], 2e-6)])
 def test_default_learning_rate_follows_the_data(tmp_path, kind, given, expected):
     """Labels let QAT keep learning the task at a higher rate; distillation must stay near its teacher."""
     from types import SimpleNamespace
 
-    cfg, _ = qat.config_from_args(qat.build_parser().parse_args(_cli("--backend", "xnnpack", *given)))
-    run = qat.Run(cfg, tmp_path, qat.Dist(), progress=False)
+    cfg, _ = qat_config.config_from_args(qat_config.build_parser().parse_args(_cli("--backend", "xnnpack", *given)))
+    run = qat_run.Run(cfg, tmp_path, qat_distributed.Dist(), progress=False)
     run.data = SimpleNamespace(kind=kind, distill=kind == "distill")
     run._steps_for(10)
     assert run.cfg.lr == expected
@@ -303,7 +312,7 @@ def test_batches_are_a_pure_function_of_seed_and_step_and_split_over_processes()
 def test_distill_data_holds_out_photos(tmp_path):
     from PIL import Image
 
-    from espnet_mobile import synthetic
+    from espnet_mobile.data import synthetic
 
     for i, (rgb, _) in enumerate(synthetic.scenes(8, 70, 90, 21)):
         Image.fromarray(rgb).save(tmp_path / f"p{i}.png")
@@ -356,10 +365,10 @@ def test_class_coverage_names_held_out_classes_the_training_photos_lack():
 def test_class_table_puts_the_three_models_side_by_side():
     baselines = {"fp32_class_iou": {"0": 100.0, "2": 100.0}, "ptq_int8_class_iou": {"0": 98.0, "2": 54.6}}
     final = {"int8_class_iou": {"0": 98.2, "2": 44.4}}
-    assert qat._class_table(["bg", "car", "motorbike"], baselines, final) == {
+    assert qat_run._class_table(["bg", "car", "motorbike"], baselines, final) == {
         "bg": {"fp32": 100.0, "ptq_int8": 98.0, "qat_int8": 98.2},
         "motorbike": {"fp32": 100.0, "ptq_int8": 54.6, "qat_int8": 44.4}}
-    assert qat._class_table(["bg"], {"fp32_class_iou": {"0": 1.0}}, final) is None  # an older checkpoint
+    assert qat_run._class_table(["bg"], {"fp32_class_iou": {"0": 1.0}}, final) is None  # an older checkpoint
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -403,7 +412,7 @@ def test_corrupt_checkpoint_is_a_clear_error_and_never_replaces_a_good_one(tmp_p
     with pytest.raises(UserError, match="truncated or corrupt"):
         qat_checkpoint.load(bad)
     before = bad.read_bytes()
-    assert qat.main(_cli("--backend", "xnnpack", "--data", "synthetic:2", "--out", str(bad.parent),
+    assert qat_cli.main(_cli("--backend", "xnnpack", "--data", "synthetic:2", "--out", str(bad.parent),
                          "--resume")) == 2
     assert bad.read_bytes() == before
 
@@ -418,12 +427,12 @@ def test_cli_errors_are_one_line(tmp_path, capsys, tiny_weights):
     ]
     for extra, message in cases:
         argv = ["--model", TINY, "--backend", "xnnpack", "--weights", str(tiny_weights), "--no-progress", *extra]
-        assert qat.main(argv) == 2, extra
+        assert qat_cli.main(argv) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
-    assert qat.main(["--model", "nope", "--backend", "xnnpack"]) == 2
+    assert qat_cli.main(["--model", "nope", "--backend", "xnnpack"]) == 2
     with pytest.raises(SystemExit) as exit_info:
-        qat.main(["--model", TINY, "--backend", "xnnpack", "--steps", "2", "--epochs", "1"])
+        qat_cli.main(["--model", TINY, "--backend", "xnnpack", "--steps", "2", "--epochs", "1"])
     assert exit_info.value.code == 2
 
 
@@ -446,7 +455,7 @@ def _numbers(out: Path) -> dict:
 @pytest.mark.slow
 def test_resume_after_a_crash_gives_the_same_numbers(tmp_path, tiny_weights, monkeypatch):
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
-    assert qat.main(_run_args(whole, tiny_weights)) == 0
+    assert qat_cli.main(_run_args(whole, tiny_weights)) == 0
     real_batch = qat_data.batch
 
     def crash_at_qat_step_5(data, **kw):
@@ -456,18 +465,18 @@ def test_resume_after_a_crash_gives_the_same_numbers(tmp_path, tiny_weights, mon
 
     monkeypatch.setattr(qat_data, "batch", crash_at_qat_step_5)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        qat.main(_run_args(crashed, tiny_weights))
+        qat_cli.main(_run_args(crashed, tiny_weights))
     assert qat_checkpoint.load(crashed / "checkpoint.pt")["step"] == 4  # at most --checkpoint-every lost
     monkeypatch.setattr(qat_data, "batch", real_batch)
-    assert qat.main(_run_args(crashed, tiny_weights, "--resume")) == 0
+    assert qat_cli.main(_run_args(crashed, tiny_weights, "--resume")) == 0
     assert _numbers(crashed) == _numbers(whole)
     a = qat_checkpoint.load(whole / "checkpoint.pt")["qat_state"]
     b = qat_checkpoint.load(crashed / "checkpoint.pt")["qat_state"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if "num_batches_tracked" not in k)
     # A finished run resumed again only reports.
-    assert qat.main(_run_args(crashed, tiny_weights, "--resume")) == 0
+    assert qat_cli.main(_run_args(crashed, tiny_weights, "--resume")) == 0
     # Changing a setting on --resume is refused.
-    assert qat.main(_run_args(crashed, tiny_weights, "--resume", "--lr", "0.5")) == 2
+    assert qat_cli.main(_run_args(crashed, tiny_weights, "--resume", "--lr", "0.5")) == 2
 
 
 @pytest.mark.slow
@@ -502,7 +511,7 @@ def test_kill_9_then_resume(tmp_path, tiny_weights):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_weights) -> Path:
     out = tmp_path_factory.mktemp("qat") / "run"
-    assert qat.main(_run_args(out, tiny_weights)) == 0
+    assert qat_cli.main(_run_args(out, tiny_weights)) == 0
     return out
 
 
@@ -542,10 +551,10 @@ def test_checkpoint_converts_without_calibration(finished_run, tmp_path, target,
     # The artifact computes what QAT trained: the int8 .pte is far closer to the fake-quantized graph
     # than to the same graph without fake quantization. (Not equal: XNNPACK's fixed-point
     # requantization rounds differently by up to one step per layer.)
-    loaded = qat.load_qat_module(finished_run / "checkpoint.pt")
+    loaded = qat_loading.load_qat_module(finished_run / "checkpoint.pt")
     x = torch.from_numpy(qat_data.load_data("synthetic:3", height=SIZE, width=SIZE, num_classes=21)
                          .heldout_inputs[:3])
-    from espnet_mobile.runtimes import run_artifact
+    from converters import run_artifact
 
     for i in range(len(x)):
         out = run_artifact("executorch", "xnnpack", bundle_root / TINY / art["file"], x[i:i + 1].numpy())
@@ -564,6 +573,7 @@ def test_simulated_xnnpack_ptq_quantizes_as_the_converter_does(monkeypatch, tmp_
     quantized the affines before each PReLU, which the converter keeps fp32, and scored 3 points lower)."""
     pytest.importorskip("executorch")
     import converters.executorch as et
+    from converters.executorch import lowering as et_lowering
     from espnet_mobile.deploy import make_deployable
 
     calls = []
@@ -577,14 +587,15 @@ def test_simulated_xnnpack_ptq_quantizes_as_the_converter_does(monkeypatch, tmp_
 
     defaults = {name: param.default for name, param in inspect.signature(et.quantize_pt2e).parameters.items()
                 if param.default is not inspect.Parameter.empty and name not in ("calibration", "qat_module")}
-    monkeypatch.setattr(et, "quantize_pt2e", record)
+    monkeypatch.setattr(et, "quantize_pt2e", record)  # what the PTQ simulation calls
+    monkeypatch.setattr(et_lowering, "quantize_pt2e", record)  # what the converter calls
     deployable = make_deployable(_random_model(TINY), em.get_entry(TINY), height=SIZE, width=SIZE)
     calibration = [np.zeros((1, 3, SIZE, SIZE), np.float32)]
     with pytest.raises(Stop):
         qat_eval.ptq_simulated_scores("xnnpack", deployable, calibration, calibration[0], None, 21)
     with pytest.raises(Exception):  # noqa: B017 - Stop, or the converter's error wrapping it
         qat_eval.convert_int8("xnnpack", deployable, tmp_path / "x.pte", calibration=calibration)
-    simulated, converter = calls  # the converter got as far as quantizing
+    simulated, converter = calls  # the converter got as quantizing
     assert {**defaults, **simulated} == {**defaults, **converter}
     assert converter["float_prelu_affines"] is True
 
@@ -594,7 +605,7 @@ def test_distill_run_reports_classes_it_cannot_learn(tmp_path, tiny_weights, cap
     """A class that only the held-out photo shows is named in the log and in metrics.json."""
     from PIL import Image
 
-    from espnet_mobile import synthetic
+    from espnet_mobile.data import synthetic
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -613,7 +624,7 @@ def test_distill_run_reports_classes_it_cannot_learn(tmp_path, tiny_weights, cap
     argv[argv.index("synthetic:3")] = f"distill:{photos}"
     argv[argv.index("--fp32-steps") + 1] = "0"
     argv[argv.index("--steps") + 1] = "2"
-    assert qat.main(argv) == 0
+    assert qat_cli.main(argv) == 0
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     cov = m["class_coverage"]
     assert cov["absent_from_training"] == ["bicycle"] and set(cov["heldout_pixels"]) == {"background", "bicycle"}
@@ -630,7 +641,7 @@ def test_tflite_qat_converts(tmp_path, tiny_weights):
     out = tmp_path / "run"
     argv = _run_args(out, tiny_weights)
     argv[argv.index("xnnpack")] = "tflite"
-    assert qat.main(argv) == 0
+    assert qat_cli.main(argv) == 0
     assert convert.main(["--model", TINY, "--target", "tflite", "--precision", "int8", "--qat-checkpoint",
                          str(out / "checkpoint.pt"), "--out", str(tmp_path / "bundle")]) == 0
 
@@ -658,7 +669,7 @@ def test_torchrun_two_processes_match_one(tmp_path, tiny_weights):
     # Every figure comes after training steps (the random weights need the fp32 phase's BatchNorm
     # statistics to stay finite), so each carries the per-process BatchNorm difference.
     for key in ("fp32_miou", "ptq_int8_miou", "qat_int8_miou", "qat_fp32_miou"):
-        assert abs(m1[key] - m2[key]) <= qat.DDP_MIOU_TOLERANCE, (key, m1[key], m2[key])
+        assert abs(m1[key] - m2[key]) <= qat_config.DDP_MIOU_TOLERANCE, (key, m1[key], m2[key])
     assert m1["steps"] == m2["steps"] and m1["batch_size"] == m2["batch_size"]
 
 
@@ -670,7 +681,7 @@ def test_loading_a_qat_state_keeps_observer_eps(espnet_prepared):
     eps_keys = [k for k in state if k.endswith(".eps")]
     assert eps_keys and any(float(state[k][0]) == 2.0 ** -12 for k in eps_keys)
     rebuilt = copy.deepcopy(prepared.module)
-    qat._load_state(rebuilt, state, "test")
+    qat_loading._load_state(rebuilt, state, "test")
     after = rebuilt.state_dict()
     assert all(torch.equal(after[k], state[k]) for k in eps_keys)
 

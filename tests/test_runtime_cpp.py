@@ -1,6 +1,6 @@
 """The ExecuTorch C++ runner (et_runner) against the Python runtime.
 
-et_runner is built from espnet_mobile/runtimes/cpp_runner against the installed
+et_runner is built from converters/executorch/cpp_runner against the installed
 executorch wheel. Without cmake / a compiler / the wheel's C++ files the tests
 skip with the reason, except under CI=true, where that is a failure.
 """
@@ -19,8 +19,8 @@ from torch import nn
 pytest.importorskip("executorch.exir", reason="executorch is not installed")
 
 from converters import executorch as cx
-from converters.common import ConversionRequest
-from espnet_mobile.runtimes import executorch_cpp as ecpp
+from converters.base import ConversionRequest
+from converters.executorch import cpp_runtime as ecpp
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 #: C++ and Python run the same kernels; outputs must agree to float32 rounding.

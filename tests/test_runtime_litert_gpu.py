@@ -1,6 +1,6 @@
 """LiteRT GPU accelerator (WebGPU on Vulkan) through Mesa's lavapipe, against the CPU interpreter.
 
-Needs lavapipe unpacked by espnet_mobile/runtimes/setup_lavapipe.sh (the
+Needs lavapipe unpacked by converters/tflite/setup_lavapipe.sh (the
 bootstrap does it). Without it the GPU tests skip with the reason; under
 CI=true that is a failure. The graph-rewrite exactness tests need no GPU.
 
@@ -22,9 +22,10 @@ pytest.importorskip("ai_edge_litert.compiled_model", reason="ai-edge-litert is n
 pytest.importorskip("litert_torch", reason="litert-torch is not installed")
 
 from converters import tflite
-from converters.common import ConversionRequest
+from converters.base import ConversionRequest
+from converters.tflite import gpu_rewrites
+from converters.tflite import gpu_runtime as litert_gpu
 from espnet_mobile.deploy import AvgPool3x3s2, ChannelShuffleFixed
-from espnet_mobile.runtimes import litert_gpu
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -143,7 +144,7 @@ def test_grouped_conv_rewrites_are_exact(conv: nn.Conv2d, cheapest: str) -> None
     with torch.no_grad():
         ref = conv(x)
         for strategy in ("dense", "cheapest"):
-            new, form = litert_gpu.gpu_conv_rewrite(conv, strategy=strategy)
+            new, form = gpu_rewrites.gpu_conv_rewrite(conv, strategy=strategy)
             assert form == ("dense" if strategy == "dense" else cheapest)
             got = new(x)
             assert got.shape == ref.shape
@@ -158,18 +159,18 @@ def test_grouped_conv_rewrites_are_exact(conv: nn.Conv2d, cheapest: str) -> None
 def test_permutation_conv_is_bit_exact() -> None:
     shuffle = ChannelShuffleFixed(5, 50, (7, 9))
     x = torch.randn(1, 50, 7, 9)
-    friendly = litert_gpu.gpu_friendly(nn.Sequential(shuffle))
-    assert isinstance(friendly[0], litert_gpu.PermutationConv)
+    friendly = gpu_rewrites.gpu_friendly(nn.Sequential(shuffle))
+    assert isinstance(friendly[0], gpu_rewrites.PermutationConv)
     assert torch.equal(friendly(x), shuffle(x))  # a 0/1 permutation is exact, bit for bit
 
 
 def test_gpu_friendly_leaves_supported_convs_alone() -> None:
     module = nn.Sequential(nn.Conv2d(16, 16, 3, groups=16), nn.Conv2d(16, 32, 1, groups=2),
                            nn.Conv2d(32, 8, 1))
-    friendly = litert_gpu.gpu_friendly(module)
+    friendly = gpu_rewrites.gpu_friendly(module)
     assert friendly.gpu_rewrites == []
     assert [m.groups for m in friendly] == [16, 2, 1]
-    every = litert_gpu.gpu_friendly(module, align=None)  # align=None: no grouped conv may remain
+    every = gpu_rewrites.gpu_friendly(module, align=None)  # align=None: no grouped conv may remain
     assert every[1].groups == 1 and every[0].groups == 16
 
 
@@ -180,13 +181,13 @@ def test_gpu_friendly_is_exact_on_deployable_espnetv2() -> None:
     torch.manual_seed(0)
     model_id = "espnetv2_s_0.5_pascal_256x256"
     module = make_deployable(em.create_model(model_id), model_id, height=64, width=64)
-    friendly = litert_gpu.gpu_friendly(module)
+    friendly = gpu_rewrites.gpu_friendly(module)
     kinds = " ".join(friendly.gpu_rewrites)
     # The pyramid pools' shuffle and one-output-per-group merge convs are already one dense conv in
     # the deployable graph (deploy.shuffle_into_grouped_conv); the grouped 1x1 and 3x3 convs remain.
     assert "-> dense" in kinds and "permutation conv" not in kinds and "depthwise+sum" not in kinds
-    assert litert_gpu.gpu_unfriendly(friendly) == []
-    assert len(litert_gpu.gpu_unfriendly(module)) == len(friendly.gpu_rewrites)
+    assert gpu_rewrites.gpu_unfriendly(friendly) == []
+    assert len(gpu_rewrites.gpu_unfriendly(module)) == len(friendly.gpu_rewrites)
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         ref, got = module(x), friendly(x)
@@ -205,7 +206,7 @@ def test_rewrite_makes_the_gpu_run_work(lavapipe: Path, tmp_path: Path) -> None:
         # fails on the 5-D shuffle; both are caught in the child and reported here.
         with litert_gpu.load_runner(bad) as run:
             run(x_t.numpy())
-    friendly = litert_gpu.gpu_friendly(module)
+    friendly = gpu_rewrites.gpu_friendly(module)
     with torch.no_grad():
         assert float((friendly(x_t) - module(x_t)).abs().max()) <= 1e-6 * float(module(x_t).abs().max())
     good = _convert(friendly, x_t, tmp_path / "friendly.tflite")
@@ -232,7 +233,7 @@ def test_gpu_runs_deployable_espnetv2_after_rewrite(lavapipe: Path, tmp_path: Pa
 
     torch.manual_seed(0)
     model_id = "espnetv2_s_0.5_pascal_256x256"
-    module = litert_gpu.gpu_friendly(make_deployable(em.create_model(model_id), model_id, height=64, width=64))
+    module = gpu_rewrites.gpu_friendly(make_deployable(em.create_model(model_id), model_id, height=64, width=64))
     path = _convert(module, torch.rand(1, 3, 64, 64), tmp_path / "espnetv2_gpu.tflite")
     x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
     cpu = tflite.run_tflite(path, x)

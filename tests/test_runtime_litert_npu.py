@@ -22,8 +22,8 @@ pytest.importorskip("ai_edge_litert.compiled_model", reason="ai-edge-litert is n
 pytest.importorskip("litert_torch", reason="litert-torch is not installed")
 
 from converters import tflite
-from converters.common import ConversionRequest
-from espnet_mobile.runtimes import litert_npu
+from converters.base import ConversionRequest
+from converters.tflite import npu_runtime as litert_npu
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import espnet_mobile as em
-from espnet_mobile import weights as W
 from espnet_mobile.errors import UserError
+from espnet_mobile.zoo import weights as W
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ import pytest
 
 import espnet_mobile as em
 from espnet_mobile import zoo
-from espnet_mobile.profile import profile_model
+from espnet_mobile.zoo.flops import profile_model
 
 DESIGN_IDS = (
     [f"espnetv2_s_{s}_{d}" for s in ("0.5", "1.0", "1.5", "2.0")

@@ -1,5 +1,5 @@
 // JNI bridge from the demo app to the ExecuTorch C++ runner library
-// (espnet_mobile/runtimes/cpp_runner/et_runner_lib.h): the path used when the
+// (converters/executorch/cpp_runner/et_runner_lib.h): the path used when the
 // ExecuTorch AAR is not. Kotlin side: org.espnetmobile.demo.NativeRunner.
 #include <jni.h>
 

@@ -2,7 +2,7 @@ package org.espnetmobile.demo
 
 /**
  * ExecuTorch through the project's C++ runner (src/main/cpp, built from
- * espnet_mobile/runtimes/cpp_runner) instead of the ExecuTorch AAR. Only present
+ * converters/executorch/cpp_runner) instead of the ExecuTorch AAR. Only present
  * when the app is built with -Pespnet.nativeRunner=true.
  */
 class NativeRunner(path: String) : AutoCloseable {

@@ -1,0 +1,39 @@
+"""Training losses: cross-entropy on labels, and distillation from the fp32 teacher (its argmax plus KL
+divergence at a temperature)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from espnet_mobile.qat import data as qat_data
+from espnet_mobile.qat.config import RunConfig
+from espnet_mobile.qat.distributed import Dist
+
+# --------------------------------------------------------------------------- losses
+
+
+def _to_device(x: np.ndarray, dist: Dist) -> torch.Tensor:
+    return torch.from_numpy(x).to(dist.device)
+
+
+def label_loss(logits: torch.Tensor, labels: torch.Tensor, dist: Dist) -> tuple[torch.Tensor, float]:
+    """Cross-entropy summed over labelled pixels / labelled pixels of the global batch (x world for DDP)."""
+    valid = float((labels != qat_data.IGNORE).sum().item())
+    total = dist.sum(valid)
+    loss = F.cross_entropy(logits, labels.long(), ignore_index=qat_data.IGNORE, reduction="sum")
+    return loss * (dist.world / max(total, 1.0)), total
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, cfg: RunConfig, dist: Dist,
+                 global_pixels: float) -> torch.Tensor:
+    """CE on the teacher's argmax + kd_weight * T^2 * KL(teacher_T || student_T), per pixel of the global batch."""
+    hard = teacher.argmax(dim=1)
+    ce = F.cross_entropy(student, hard, reduction="sum")
+    t = cfg.temperature
+    kl = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True,
+                  reduction="sum") * (t * t)
+    return (ce + cfg.kd_weight * kl) * (dist.world / global_pixels)
+
+
