@@ -66,7 +66,7 @@ class ExecuTorchRunner(path: String, private val option: RuntimeOption, private 
             else -> Tensor.fromBlobUnsigned(input.bytes!!, input.shapeLong)
         }
         val out = module.forward(EValue.from(tensor))[0].toTensor()
-        return if (manifest.output.isMask) ModelOutput.mask(out.getDataAsIntArray()) else ModelOutput.logits(out.getDataAsFloatArray())
+        return if (manifest.output.isMask) ModelOutput.mask(out.dataAsIntArray) else ModelOutput.logits(out.dataAsFloatArray)
     }
 
     override fun close() = module.destroy()
