@@ -6,7 +6,8 @@ tests with ``android_demo/core/run_tests.sh`` on it. The Kotlin preprocessing mu
 the float32 inputs, its argmax the masks and its nearest resize the full-size mask PNGs.
 
 Needs kotlinc (``bash .ci/bootstrap.sh`` puts it in .venv/tools/kotlinc), a JDK and the Debian
-junit4 + libhamcrest-java jars; without them the test skips with the reason, and fails under
+junit4 + libhamcrest-java jars, and Debian's libandroid-json-java (the org.json that Android ships,
+which the core reads the manifest with); without them the test skips with the reason, and fails under
 CI=true. Slow: the first kotlinc compilation takes over a minute on a small machine (later runs
 reuse android_demo/core/build/kotlinc while the Kotlin sources are unchanged).
 """
@@ -37,6 +38,9 @@ def _missing_tools() -> list[str]:
     if not (os.environ.get("HAMCREST_JAR") or Path("/usr/share/java/hamcrest-core.jar").is_file()
             or Path("/usr/share/java/hamcrest.jar").is_file()):
         missing.append("hamcrest (apt-get install libhamcrest-java)")
+    if not (os.environ.get("ANDROID_JSON_JAR") or Path("/usr/share/java/com.android.json.jar").is_file()
+            or Path("/usr/share/java/json.jar").is_file()):
+        missing.append("org.json (apt-get install libandroid-json-java)")
     if not shutil.which("java"):
         missing.append("java (JDK 17+)")
     return missing
@@ -89,7 +93,7 @@ def test_kotlin_core_reproduces_the_golden_vectors(golden_bundle: Path) -> None:
     assert failed == 0
     assert skipped == 0, "the golden-vector tests were skipped although ESPNET_MOBILE_BUNDLE was set:\n" + \
         "\n".join(line for line in log.splitlines() if line.startswith("TEST SKIP"))
-    assert passed == tests >= 40
+    assert passed == tests >= 48
 
     # The figures the golden-vector tests print, one line per golden item.
     items = 4
@@ -98,3 +102,5 @@ def test_kotlin_core_reproduces_the_golden_vectors(golden_bundle: Path) -> None:
     assert len(re.findall(r"vs mask: 0 mismatches", log)) == items
     assert len(re.findall(r"-> \d+x\d+, 0 mismatches with golden/", log)) == items
     assert "self-parity: agreement 1.000000, mIoU 100.000000" in log
+    # The manifest is read with org.json, and its optional accuracy section is understood.
+    assert re.search(r"TEST PASS AccuracySectionTest\.readsEveryFieldOfTheSection ", log)
