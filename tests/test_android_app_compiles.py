@@ -88,13 +88,15 @@ def _digest(paths: list[Path], *extra: str) -> str:
     return h.hexdigest()[:32]
 
 
-def _kotlinc(tools: dict[str, str], out: Path, classpath: list[str], sources: list[Path]) -> subprocess.CompletedProcess:
+def _kotlinc(
+    tools: dict[str, str], out: Path, classpath: list[str], sources: list[Path],
+) -> subprocess.CompletedProcess[str]:
     cmd = [tools["kotlinc"], "-jvm-target", "17", "-no-reflect", "-nowarn", "-cp", os.pathsep.join(classpath),
            "-d", str(out), *map(str, sources)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
-def _errors(proc: subprocess.CompletedProcess) -> str:
+def _errors(proc: subprocess.CompletedProcess[str]) -> str:
     return "\n".join(line for line in (proc.stdout + proc.stderr).splitlines() if "error:" in line)
 
 
@@ -163,7 +165,9 @@ def test_app_compiles_against_executorch_litert_and_android_stubs(tools: dict[st
 
 
 @pytest.mark.slow
-def test_stubs_reject_a_java_getter_on_a_kotlin_property(tools: dict[str, str], deps: list[str], tmp_path: Path) -> None:
+def test_stubs_reject_a_java_getter_on_a_kotlin_property(
+    tools: dict[str, str], deps: list[str], tmp_path: Path,
+) -> None:
     """The stubs keep Kotlin kinds: the call the app once made must not compile, the right one must."""
     wrong = tmp_path / "Wrong.kt"
     wrong.write_text(
