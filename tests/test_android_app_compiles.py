@@ -3,13 +3,15 @@
 Gradle and the Android SDK are not on this machine, so the app is compiled with kotlinc against
 API stubs written from the published sources of the versions the app pins (executorch-android
 1.5.1, LiteRT 2.3.0) plus the few Android platform classes those files use; each stub's header
-names the repository and commit it was written from. The stubs keep the Kotlin/Java kinds
-(property or method, nullability, vararg, default arguments), so a call by a wrong name or type,
+names the repository and commit it was written from (for the Android platform: the API
+reference). The stubs keep the Kotlin/Java kinds (property or method, nullability, vararg,
+default arguments), so a call by a wrong name or type,
 such as ``tensor.getDataAsFloatArray()`` on ExecuTorch's Kotlin ``Tensor`` whose accessor is the
 property ``dataAsFloatArray``, fails here as it would fail in Gradle.
 
 Compiled: every Kotlin file of ``android_demo/app/src/main`` except the Compose/CameraX UI files,
-and the UI files are checked not to touch ExecuTorch, LiteRT or the bundle's files themselves.
+plus the instrumented test (against AndroidX Test stubs); the UI files are checked not to touch
+ExecuTorch, LiteRT or the bundle's files themselves.
 Two kotlinc runs (stubs + core, then the app files); each result is cached under
 ``android_demo/app/build/compile-check`` by the hash of its inputs, so an unchanged tree costs
 nothing. Needs kotlinc (``bash .ci/bootstrap.sh``), a JDK and Debian's libandroid-json-java (the
@@ -31,10 +33,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 STUBS = REPO / "tests" / "android_stubs"
 APP_SRC = REPO / "android_demo" / "app" / "src" / "main" / "kotlin"
+APP_TEST_SRC = REPO / "android_demo" / "app" / "src" / "androidTest" / "kotlin"
 CORE_SRC = REPO / "android_demo" / "core" / "src" / "main" / "kotlin"
 BUILD = Path(os.environ.get("ESPNET_MOBILE_APP_CHECK_BUILD", REPO / "android_demo" / "app" / "build" / "compile-check"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
 JSON_JARS = ("/usr/share/java/com.android.json.jar", "/usr/share/java/json.jar")
+JUNIT_JARS = ("/usr/share/java/junit4.jar",)
+HAMCREST_JARS = ("/usr/share/java/hamcrest-core.jar", "/usr/share/java/hamcrest.jar")
 
 # Files that are Compose or CameraX UI: not compiled here (no stubs of those libraries). They may
 # use the app's own classes, never ExecuTorch, LiteRT or the bundle's files directly.
@@ -60,11 +65,15 @@ def _tools() -> tuple[dict[str, str], list[str]]:
             found[tool] = shutil.which(tool)  # type: ignore[assignment]
         else:
             missing.append(f"{tool} (a JDK 17 or newer)")
-    json_jar = os.environ.get("ANDROID_JSON_JAR") or next((j for j in JSON_JARS if Path(j).is_file()), None)
-    if json_jar:
-        found["json"] = json_jar
-    else:
-        missing.append("org.json for the JVM (apt-get install libandroid-json-java)")
+    jars = (("json", "ANDROID_JSON_JAR", JSON_JARS, "org.json for the JVM (apt-get install libandroid-json-java)"),
+            ("junit", "JUNIT_JAR", JUNIT_JARS, "JUnit 4, for the instrumented test (apt-get install junit4)"),
+            ("hamcrest", "HAMCREST_JAR", HAMCREST_JARS, "hamcrest (apt-get install libhamcrest-java)"))
+    for name, env, paths, why in jars:
+        jar = os.environ.get(env) or next((j for j in paths if Path(j).is_file()), None)
+        if jar:
+            found[name] = jar
+        else:
+            missing.append(why)
     return found, missing
 
 
@@ -102,30 +111,32 @@ def _errors(proc: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.fixture(scope="module")
 def deps(tools: dict[str, str]) -> list[str]:
-    """The classpath the app compiles against: Android stubs, LiteRT and ExecuTorch stubs, the core, org.json."""
-    java_stubs = sorted((STUBS / "android").rglob("*.java"))
+    """The classpath the app compiles against: Android and AndroidX Test stubs, LiteRT and ExecuTorch stubs,
+    the core, org.json, JUnit."""
+    java_stubs = sorted(p for d in ("android", "androidx") for p in (STUBS / d).rglob("*.java"))
     kotlin_stubs = sorted(p for d in ("executorch", "litert") for p in (STUBS / d).rglob("*.kt"))
     core = sorted(CORE_SRC.rglob("*.kt"))
     version = subprocess.run([tools["kotlinc"], "-version"], capture_output=True, text=True).stderr.strip()
-    key = _digest(java_stubs + kotlin_stubs + core, version, tools["json"])
+    key = _digest(java_stubs + kotlin_stubs + core, version, tools["json"], tools["junit"], tools["hamcrest"])
     android_classes = BUILD / f"android-{key}"
     deps_jar = BUILD / f"deps-{key}.jar"
     if not deps_jar.is_file():
         BUILD.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(android_classes, ignore_errors=True)
-        proc = subprocess.run([tools["javac"], "-nowarn", "--release", "17", "-d", str(android_classes),
-                               *map(str, java_stubs)], capture_output=True, text=True, timeout=300)
+        javac = [tools["javac"], "-nowarn", "--release", "17", "-d", str(android_classes), "-cp", tools["junit"]]
+        proc = subprocess.run([*javac, *map(str, java_stubs)], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"the Android stubs do not compile:\n{proc.stdout}{proc.stderr}"
         tmp = BUILD / f".deps-{key}.tmp.jar"
         proc = _kotlinc(tools, tmp, [str(android_classes), tools["json"]], kotlin_stubs + core)
         assert proc.returncode == 0, f"the stubs or the core do not compile:\n{_errors(proc) or proc.stderr[-4000:]}"
         tmp.replace(deps_jar)
-    return [str(deps_jar), str(android_classes), tools["json"]]
+    return [str(deps_jar), str(android_classes), tools["json"], tools["junit"], tools["hamcrest"]]
 
 
 def _app_files() -> tuple[list[Path], list[Path]]:
+    """(files compiled here, Compose/CameraX UI files): the app's sources and its instrumented test."""
     compiled, ui = [], []
-    for path in sorted(APP_SRC.rglob("*.kt")):
+    for path in sorted([*APP_SRC.rglob("*.kt"), *APP_TEST_SRC.rglob("*.kt")]):
         (ui if UI_IMPORTS.search(path.read_text()) else compiled).append(path)
     return compiled, ui
 
@@ -150,7 +161,8 @@ def compile_app(tools: dict[str, str], deps: list[str]) -> tuple[bool, str]:
 def test_ui_files_leave_runtimes_and_bundle_files_to_the_compiled_ones() -> None:
     compiled, ui = _app_files()
     names = {p.name for p in compiled}
-    assert {"Runtimes.kt", "AssetBundle.kt"} <= names, f"compiled set: {sorted(names)}"
+    assert {"Runtimes.kt", "AssetBundle.kt", "Session.kt", "AccuracyCheckInstrumentedTest.kt"} <= names, \
+        f"compiled set: {sorted(names)}"
     offenders = {p.name: sorted({m.group(0) for m in RUNTIME_USE.finditer(p.read_text())}) for p in ui}
     offenders = {k: v for k, v in offenders.items() if v}
     assert not offenders, (
