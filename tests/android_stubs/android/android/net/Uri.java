@@ -8,4 +8,5 @@ package android.net;
 public abstract class Uri implements Comparable<Uri> {
     public static Uri parse(String uriString) { throw new RuntimeException("Stub!"); }
     public abstract String getPath();
+    public abstract String getLastPathSegment();
 }
