@@ -50,8 +50,11 @@ object Runtimes {
         } catch (e: LiteRtException) {
             units[ComputeUnit.CPU] = "LiteRT could not start: ${e.message}"
             units[ComputeUnit.GPU] = "LiteRT could not start: ${e.message}"
+        } catch (e: UnsatisfiedLinkError) { // litert_jni missing for this ABI
+            units[ComputeUnit.CPU] = "LiteRT's native library is missing: ${e.message}"
+            units[ComputeUnit.GPU] = "LiteRT's native library is missing: ${e.message}"
         }
-        units[ComputeUnit.NPU] = Npu.unavailableReason(context)
+        units[ComputeUnit.NPU] = units[ComputeUnit.CPU] ?: Npu.unavailableReason(context)
         return DeviceRuntimes(etBackends, etError, units, NativeRunner.available)
     }
 
