@@ -14,6 +14,7 @@ reuse android_demo/core/build/kotlinc while the Kotlin sources are unchanged).
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shutil
@@ -82,8 +83,8 @@ def _accuracy_section(labels: list[str]) -> dict | None:
     this checkout yet (then the Kotlin test says "accuracy section: none")."""
     from espnet_mobile import bundle as B
 
-    try:
-        from espnet_mobile import evaluate as ev
+    try:  # the module, not the package's evaluate() function of the same name
+        ev = importlib.import_module("espnet_mobile.evaluate")
         record, evaluation = ev.EvalRecord, ev.Evaluation
     except (ImportError, AttributeError):
         return None
