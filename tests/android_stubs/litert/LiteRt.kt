@@ -7,7 +7,7 @@
 //          LITERT_EXPERIMENTAL_VERSION = "2.3.0", the version being prepared)
 // The v2.3.0 tag was not in the snapshot we could read; the members below are also those of
 // release/2.2.0 (145c7523ff08d5e57ab5c582141775eea47da9c7) except Environment.Option
-// SystemGpuAcceleratorHandle, which the app does not use.
+// SystemGpuAcceleratorHandle and NpuCompatibilityChecker.Samsung, which the app does not use.
 // Kinds are kept as published: Environment.getAvailableAccelerators() is a method,
 // CompiledModel.Options takes vararg accelerators, NpuAcceleratorProvider.downloadLibrary is a
 // suspend function, the create() factories are @JvmStatic @JvmOverloads with default arguments.
