@@ -56,12 +56,12 @@ RUNTIME_USE = re.compile(
 def _tools() -> tuple[dict[str, str], list[str]]:
     found: dict[str, str] = {}
     missing: list[str] = []
-    kotlinc = os.environ.get("KOTLINC") or next(
-        (str(p) for p in (REPO / ".venv/tools/kotlinc/bin/kotlinc",) if p.exists()), None) or shutil.which("kotlinc")
+    candidates = [os.environ.get("KOTLINC"), str(REPO / ".venv/tools/kotlinc/bin/kotlinc"), shutil.which("kotlinc")]
+    kotlinc = next((c for c in candidates if c and os.access(c, os.X_OK)), None)
     if kotlinc:
         found["kotlinc"] = kotlinc
     else:
-        missing.append("kotlinc (bash .ci/bootstrap.sh installs it into .venv/tools/kotlinc)")
+        missing.append("kotlinc (bash .ci/bootstrap.sh installs it into .venv/tools/kotlinc, or set KOTLINC)")
     for tool in ("javac", "java"):
         if shutil.which(tool):
             found[tool] = shutil.which(tool)  # type: ignore[assignment]
