@@ -10,8 +10,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY=.venv/bin/python
 
-# Kotlin compiler and JUnit 4 for the Android app's pure Kotlin core (android_demo/core/run_tests.sh,
-# tests/test_android_core.py). Not fatal: without them those tests skip (and fail under CI=true).
+# Kotlin compiler, JUnit 4 and org.json (Debian's libandroid-json-java: the org.json Android ships, which
+# the core reads manifests with) for the Android app's pure Kotlin core and its compile check
+# (android_demo/core/run_tests.sh, tests/test_android_core.py, tests/test_android_app_compiles.py).
+# Not fatal: without them those tests skip (and fail under CI=true).
 KOTLIN_VERSION=2.4.20
 KOTLIN_TGZ_SHA256=c23dab400d7ce5ea8b6c909947c0ca5454189e4bb1108695b5f464500e5e950f
 install_kotlinc() {
@@ -32,12 +34,13 @@ install_kotlinc() {
   echo "bootstrap: kotlinc $KOTLIN_VERSION in $dest"
 }
 install_junit() {
-  [ -f /usr/share/java/junit4.jar ] && { [ -f /usr/share/java/hamcrest-core.jar ] || [ -f /usr/share/java/hamcrest.jar ]; } && return 0
+  [ -f /usr/share/java/junit4.jar ] && { [ -f /usr/share/java/hamcrest-core.jar ] || [ -f /usr/share/java/hamcrest.jar ]; } \
+    && [ -f /usr/share/java/com.android.json.jar ] && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get install -y -qq --no-install-recommends junit4 libhamcrest-java >/dev/null 2>&1 \
-      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends junit4 libhamcrest-java >/dev/null; }
+    apt-get install -y -qq --no-install-recommends junit4 libhamcrest-java libandroid-json-java >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends junit4 libhamcrest-java libandroid-json-java >/dev/null; }
   else
-    echo "bootstrap: JUnit 4 missing; install the Debian packages junit4 and libhamcrest-java"; return 1
+    echo "bootstrap: JUnit 4 or org.json missing; install the Debian packages junit4, libhamcrest-java and libandroid-json-java"; return 1
   fi
 }
 # Headless Chromium (and a font) to render the parity report for its screenshot test
@@ -52,7 +55,7 @@ install_chromium() {
   fi
 }
 install_kotlinc || echo "bootstrap: warning: no kotlinc; the Kotlin core tests will skip"
-install_junit || echo "bootstrap: warning: no JUnit 4; the Kotlin core tests will skip"
+install_junit || echo "bootstrap: warning: no JUnit 4 or org.json; the Kotlin core tests will skip"
 install_chromium || echo "bootstrap: warning: no Chromium; the parity report screenshot test will skip"
 stamp=.venv/.espnet_mobile_bootstrap
 want="$(sha256sum pyproject.toml .ci/bootstrap.sh | sha256sum | cut -c1-16)"

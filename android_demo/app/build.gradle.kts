@@ -49,8 +49,20 @@ android {
             }
         }
         externalNativeBuild {
-            cmake { path = file("src/main/cpp/CMakeLists.txt") }
+            cmake {
+                path = file("src/main/cpp/CMakeLists.txt")
+                // CMakeLists.txt needs 3.24+; AGP's default CMake (3.22.1) would refuse it.
+                version = libs.versions.cmake.get()
+            }
         }
+    }
+
+    lint {
+        // CI runs lint; an error fails the build, and so do these warnings about wrong API use.
+        abortOnError = true
+        checkDependencies = true
+        warningsAsErrors = false
+        error += listOf("NewApi", "MissingPermission")
     }
 
     androidResources {
@@ -78,6 +90,12 @@ dependencies {
     implementation(libs.executorch.android)
     implementation(libs.litert)
     implementation(libs.litert.gpu)
+    // LiteRT's NPU path needs the vendor's NPU runtime libraries (dispatch library + compiler plugin)
+    // packaged with the app; they are not on Maven. See android_demo/README.md ("NPU"). Without them
+    // the NPU choice is shown disabled with that reason.
+
+    implementation(libs.camera.camera2)
+    implementation(libs.camera.lifecycle)
 
     androidTestImplementation(libs.androidx.test.runner)
     androidTestImplementation(libs.androidx.test.ext.junit)

@@ -1,4 +1,5 @@
-// The pure Kotlin core: manifest, pre/post-processing, float16, parity metrics. No Android APIs,
+// The pure Kotlin core: manifest (read with org.json, which Android ships), pre/post-processing,
+// float16, parity metrics, latency statistics. No other Android APIs,
 // so it is a plain JVM module the app depends on and the JVM tests run without a device.
 // Without Gradle: ./run_tests.sh (kotlinc + JUnit 4), which is what CI uses.
 import org.jetbrains.kotlin.gradle.dsl.JvmTarget
@@ -17,6 +18,9 @@ kotlin {
 }
 
 dependencies {
+    // org.json is part of Android; the JVM module compiles and tests against the same implementation.
+    compileOnly(libs.android.json)
+    testImplementation(libs.android.json)
     testImplementation(libs.junit)
     testImplementation(libs.kotlin.test.junit)
 }

@@ -9,6 +9,8 @@
 #   kotlinc   $KOTLINC, <repo>/.venv/tools/kotlinc/bin/kotlinc (installed by .ci/bootstrap.sh), PATH
 #   JUnit 4   $JUNIT_JAR, /usr/share/java/junit4.jar (Debian package junit4)
 #   hamcrest  $HAMCREST_JAR, /usr/share/java/hamcrest-core.jar or hamcrest.jar (Debian libhamcrest-java)
+#   org.json  $ANDROID_JSON_JAR, /usr/share/java/com.android.json.jar (Debian libandroid-json-java: the
+#             org.json that Android ships, which the core reads manifests with; on Android it is the platform's)
 # The compiled jar is cached in $ESPNET_MOBILE_KOTLIN_BUILD (default android_demo/core/build/kotlinc)
 # and reused while the sources and the compiler are unchanged.
 # Exit codes: 0 all passed, 1 a test failed, 2 compilation failed, 3 a tool is missing.
@@ -43,6 +45,8 @@ junit="$(pick "${JUNIT_JAR:-}" /usr/share/java/junit4.jar)" \
   || missing "JUnit 4 jar (apt-get install junit4, or set JUNIT_JAR)"
 hamcrest="$(pick "${HAMCREST_JAR:-}" /usr/share/java/hamcrest-core.jar /usr/share/java/hamcrest.jar)" \
   || missing "hamcrest jar (apt-get install libhamcrest-java, or set HAMCREST_JAR)"
+json="$(pick "${ANDROID_JSON_JAR:-}" /usr/share/java/com.android.json.jar /usr/share/java/json.jar)" \
+  || missing "org.json jar (apt-get install libandroid-json-java, or set ANDROID_JSON_JAR)"
 command -v java >/dev/null 2>&1 || missing "java (a JDK 17 or newer)"
 
 main_src="$here/src/main/kotlin"
@@ -58,7 +62,7 @@ build="${ESPNET_MOBILE_KOTLIN_BUILD:-$here/build/kotlinc}"
 mkdir -p "$build"
 jar="$build/core-and-tests.jar"
 stamp="$build/core-and-tests.sha256"
-want="$( { "$kotlinc" -version 2>&1 | head -n1; echo "$junit"; \
+want="$( { "$kotlinc" -version 2>&1 | head -n1; echo "$junit $json"; \
            find "$main_src" "$test_src" -name '*.kt' -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-32)"
 
 if [ -f "$jar" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -68,7 +72,7 @@ else
   tmp="$(mktemp "$build/.core-and-tests.XXXXXX.jar")"
   t0=$(date +%s)
   if ! "$kotlinc" -jvm-target 17 -no-reflect \
-      -cp "$junit:$hamcrest:$klib/kotlin-test.jar:$klib/kotlin-test-junit.jar" \
+      -cp "$json:$junit:$hamcrest:$klib/kotlin-test.jar:$klib/kotlin-test-junit.jar" \
       -d "$tmp" "$main_src" "$test_src"; then
     rm -f "$tmp"
     echo "run_tests.sh: compilation failed" >&2
@@ -90,5 +94,5 @@ done < <(find "$test_src" -name '*Test.kt' | sort)
 [ "${#classes[@]}" -gt 0 ] || { echo "run_tests.sh: no test classes found under $test_src" >&2; exit 2; }
 
 echo "run_tests.sh: bundle ${ESPNET_MOBILE_BUNDLE:-<unset: golden-vector tests will be skipped>}"
-exec java -cp "$jar:$klib/kotlin-stdlib.jar:$klib/kotlin-test.jar:$klib/kotlin-test-junit.jar:$junit:$hamcrest" \
+exec java -cp "$jar:$json:$klib/kotlin-stdlib.jar:$klib/kotlin-test.jar:$klib/kotlin-test-junit.jar:$junit:$hamcrest" \
   org.espnetmobile.core.CoreTestMain "${classes[@]}"

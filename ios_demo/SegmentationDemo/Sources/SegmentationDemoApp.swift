@@ -22,8 +22,10 @@ struct ContentView: View {
             Text(problem).foregroundStyle(.red).padding()
         } else {
             TabView {
-                NavigationStack { SegmentView() }.tabItem { Label("Segment", systemImage: "photo") }
-                NavigationStack { AccuracyView() }.tabItem { Label("Accuracy check", systemImage: "checkmark.seal") }
+                NavigationStack { SegmentView() }.tabItem { Label("Photo", systemImage: "photo") }
+                NavigationStack { LiveView() }.tabItem { Label("Live", systemImage: "camera") }
+                NavigationStack { AccuracyView() }.tabItem { Label("Check", systemImage: "checkmark.seal") }
+                NavigationStack { AboutView() }.tabItem { Label("About", systemImage: "info.circle") }
             }
         }
     }
@@ -39,12 +41,15 @@ struct RuntimePicker: View {
                 Text("This bundle has no Core ML or ExecuTorch artifact an iPhone can run.")
             } else {
                 Picker("Runtime", selection: $model.selected) {
-                    ForEach(model.options) { option in Text(option.label).tag(Optional(option)) }
+                    ForEach(model.options.filter { $0.disabledReason == nil }) { option in Text(option.label).tag(Optional(option)) }
                 }
                 .disabled(model.busy)
                 if let note = model.selected?.note { Text(note).font(.caption) }
+                ForEach(model.options.filter { $0.disabledReason != nil }) { option in
+                    Text("\(option.label): not available - \(option.disabledReason ?? "")").font(.caption).foregroundStyle(.secondary)
+                }
             }
-            if let running = model.runnerDescription { Text("Running on: \(running)").font(.caption) }
+            if let running = model.runnerDescription { Text("Ran on: \(running)").font(.caption) }
             if let error = model.error { Text(error).foregroundStyle(.red).font(.caption) }
         }
     }
@@ -66,12 +71,15 @@ struct SegmentView: View {
                 if model.busy { ProgressView() }
             }
             if let overlay = model.overlay {
-                Section("Result") {
+                Section(model.photoName ?? "Result") {
                     Image(decorative: overlay, scale: 1).resizable().scaledToFit()
                     if let t = model.timings {
-                        Text(String(format: "inference %.1f ms · preprocess %.1f ms · postprocess %.1f ms",
-                                    t.inferenceMs, t.preprocessMs, t.postprocessMs)).font(.caption)
+                        Text(String(format: "this run: %.1f ms (pre %.1f · inference %.1f · post %.1f)",
+                                    t.totalMs, t.preprocessMs, t.inferenceMs, t.postprocessMs)).font(.caption)
+                        Button("Measure latency (median of \(SegmentationPipeline.defaultRuns) runs)") { model.measureLatency() }
+                            .disabled(model.busy)
                     }
+                    if let latency = model.latency { Text(latency.description).font(.caption) }
                     ForEach(model.legend, id: \.classIndex) { entry in
                         HStack {
                             Rectangle()
@@ -90,14 +98,14 @@ struct SegmentView: View {
             guard let newItem else { return }
             Task { @MainActor in
                 if let data = try? await newItem.loadTransferable(type: Data.self), let image = try? ImageLoading.decode(data) {
-                    model.segment(image)
+                    model.segment(image, name: "photo from the library")
                 }
             }
         }
         .sheet(isPresented: $showCamera) {
             CameraPicker { photo in
                 showCamera = false
-                if let photo, let image = try? ImageLoading.decode(photo) { model.segment(image) }
+                if let photo, let image = try? ImageLoading.decode(photo) { model.segment(image, name: "camera photo") }
             }
         }
     }
@@ -155,6 +163,77 @@ struct AccuracyResultView: View {
                     .font(.caption)
             }
         }
+    }
+}
+
+/// The bundle: model, what this device can run, and the accuracy measured when the bundle was made.
+struct AboutView: View {
+    @EnvironmentObject var model: DemoModel
+
+    var body: some View {
+        Form {
+            if let m = model.bundle?.manifest {
+                Section("Model") {
+                    LabeledContent("model", value: m.modelId)
+                    LabeledContent("architecture", value: m.arch)
+                    LabeledContent("trained on", value: m.dataset)
+                    LabeledContent("classes", value: "\(m.numClasses)")
+                    LabeledContent("input", value: "\(m.input.width)x\(m.input.height) \(m.input.colorOrder) \(m.input.dtype)")
+                }
+                if let a = m.accuracy {
+                    AccuracySectionView(accuracy: a, selectedFile: model.selected?.artifactFile)
+                } else {
+                    Section("Measured accuracy") {
+                        Text("This bundle carries no accuracy measured against labelled data " +
+                             "(python -m espnet_mobile.evaluate on the bundle adds it).").font(.caption)
+                    }
+                }
+                Section("Runtimes on this device") {
+                    ForEach(model.options) { option in
+                        Text("\(option.label): \(option.disabledReason.map { "not available - \($0)" } ?? "available")").font(.caption)
+                    }
+                }
+            }
+        }
+        .navigationTitle("About")
+    }
+}
+
+struct AccuracySectionView: View {
+    let accuracy: ManifestAccuracy
+    let selectedFile: String?
+
+    var body: some View {
+        let a = accuracy
+        Section("Measured accuracy: \(a.title), \(a.split), \(a.images) images") {
+            Text("mIoU and pixel accuracy in %, against the dataset's labels; Δ is mIoU minus the PyTorch reference's. " +
+                 "Measured \(a.date).").font(.caption)
+            ForEach(Array(a.results.enumerated()), id: \.offset) { _, r in
+                VStack(alignment: .leading) {
+                    Text("\(r.artifact) · \(r.runtime) · \(r.precision.rawValue)").font(.caption)
+                        .fontWeight(r.artifact == selectedFile || r.isReference ? .bold : .regular)
+                    Text(figures(r)).font(.system(.caption, design: .monospaced))
+                    if let problem = r.error { Text("failed: \(problem)").font(.caption).foregroundStyle(.red) }
+                }
+            }
+        }
+        if let shown = a.results(for: selectedFile ?? "").first ?? a.reference, !shown.classIou.isEmpty {
+            Section("IoU per class, \(shown.artifact) on \(shown.runtime)") {
+                ForEach(a.classes, id: \.self) { name in
+                    let iou: Double?? = shown.classIou[name]
+                    LabeledContent(name, value: (iou ?? nil).map { String(format: "%.1f", $0) } ?? "- (not present)")
+                }
+            }
+        }
+        Section("Tools") {
+            Text(a.toolVersions.keys.sorted().map { "\($0) \(a.toolVersions[$0] ?? "")" }.joined(separator: ", ")).font(.caption)
+        }
+    }
+
+    private func figures(_ r: AccuracyResult) -> String {
+        let pct: (Double?) -> String = { v in v.map { String(format: "%5.1f", $0) } ?? "    -" }
+        let delta = r.isReference ? "" : (accuracy.miouDelta(r).map { String(format: " (Δ %+.2f)", $0) } ?? "")
+        return "mIoU \(pct(r.miou))\(delta) · pixel \(pct(r.pixelAccuracy))"
     }
 }
 

@@ -1,7 +1,8 @@
 import Foundation
 
-/// The bundle manifest (schema version 1), parsed and checked. Mirrors android_demo/core Manifest.kt:
-/// the same checks, in the same order, with the same messages (each names its field by JSON path).
+/// The bundle manifest (schema version 1), decoded with JSONDecoder and checked. Mirrors
+/// android_demo/core Manifest.kt: the same checks with the same messages, each naming its field by
+/// JSON path (a type error from the decoder names the path of its coding keys).
 
 /// A bundle that cannot be used, with a message that says what to do.
 public struct BundleError: Error, CustomStringConvertible, LocalizedError {
@@ -112,13 +113,62 @@ public struct GoldenItem: Equatable {
     public let fullMask: FileRef?
 }
 
+/// One row of the manifest's `accuracy` section: the PyTorch reference (target nil) or one artifact on
+/// one runtime, scored against the dataset's labels. Figures are percentages (0-100); a class IoU is
+/// nil when the class is in neither the labels nor the predictions; mIoU and pixel accuracy are nil
+/// when the run failed (`error` says why).
+public struct AccuracyResult: Equatable {
+    public let artifact: String
+    public let sha256: String?
+    public let target: String?
+    public let precision: Precision
+    public let runtime: String
+    public let computeUnit: String?
+    public let miou: Double?
+    public let pixelAccuracy: Double?
+    public let classIou: [String: Double?]
+    public let agreementWithReference: Double?
+    public let images: Int
+    public let error: String?
+
+    public var isReference: Bool { target == nil }
+}
+
+/// The manifest's `accuracy` section (written by python -m espnet_mobile.evaluate on the bundle).
+public struct ManifestAccuracy: Equatable {
+    public static let datasets = ["camvid", "cityscapes", "voc"]
+    public static let referenceArtifact = "pytorch-reference"
+
+    /// Dataset kind: camvid, cityscapes or voc.
+    public let dataset: String
+    public let datasetTitle: String?
+    public let split: String
+    public let images: Int
+    public let ignoreLabel: Int?
+    /// The classes scored, in logit order.
+    public let classes: [String]
+    public let date: String
+    public let toolVersions: [String: String]
+    public let results: [AccuracyResult]
+
+    public var title: String { (datasetTitle?.isEmpty == false ? datasetTitle : nil) ?? dataset }
+
+    /// The PyTorch reference's row, if the section has one.
+    public var reference: AccuracyResult? { results.first { $0.isReference } }
+
+    /// The rows measured for one artifact file (one per runtime it ran on).
+    public func results(for artifactFile: String) -> [AccuracyResult] { results.filter { $0.artifact == artifactFile } }
+
+    /// mIoU of `result` minus the reference's, in points; nil when either is unknown.
+    public func miouDelta(_ result: AccuracyResult) -> Double? {
+        guard let ref = reference?.miou, let value = result.miou else { return nil }
+        return value - ref
+    }
+}
+
 public struct Manifest {
     public static let fileName = "manifest.json"
     public static let schemaVersion = 1
-    static let topLevelKeys: [String] = [
-        "schema_version", "model_id", "created_by", "model", "input", "output", "labels", "palette",
-        "preprocessing", "postprocessing", "artifacts", "golden", "thresholds", "parity",
-    ]
 
     public let schemaVersion: Int
     public let modelId: String
@@ -133,21 +183,34 @@ public struct Manifest {
     public let artifacts: [Artifact]
     public let goldenSource: String
     public let golden: [GoldenItem]
-    /// precision -> threshold name -> limit, in manifest order.
+    /// precision -> threshold name -> limit, names sorted (JSONDecoder does not keep key order).
     public let thresholds: [String: [(String, Double)]]
+    /// Accuracy measured against a labelled dataset when the bundle was made; nil in older bundles.
+    public let accuracy: ManifestAccuracy?
 
     public func thresholds(for precision: Precision) -> [(String, Double)] { thresholds[precision.rawValue] ?? [] }
 
     /// Parse and check a manifest; `where` names it in error messages.
     public static func parse(_ text: String, where location: String = Manifest.fileName) throws -> Manifest {
-        let root: JsonValue
+        try parse(Data(text.utf8), where: location)
+    }
+
+    public static func parse(_ data: Data, where location: String = Manifest.fileName) throws -> Manifest {
+        let wire: WireManifest
         do {
-            root = try Json.parse(text)
-        } catch let e as JsonParseError {
-            throw BundleError("\(location) is not valid JSON (\(e.message)); rebuild the bundle", isManifest: true)
+            wire = try JSONDecoder().decode(WireManifest.self, from: data)
+        } catch let e as ManifestError {
+            throw BundleError("\(location): \(e.path) \(e.what); rebuild the bundle with python -m espnet_mobile.convert", isManifest: true)
+        } catch let e as DecodingError {
+            if case .dataCorrupted(let context) = e, context.codingPath.isEmpty {
+                let cause = context.underlyingError.map { "\($0)" } ?? context.debugDescription
+                throw BundleError("\(location) is not valid JSON (\(cause)); rebuild the bundle", isManifest: true)
+            }
+            let problem = ManifestError(decoding: e)
+            throw BundleError("\(location): \(problem.path) \(problem.what); rebuild the bundle with python -m espnet_mobile.convert", isManifest: true)
         }
         do {
-            return try ManifestReader().read(Node(root, ""))
+            return try ManifestReader().read(wire)
         } catch let e as ManifestError {
             throw BundleError("\(location): \(e.path) \(e.what); rebuild the bundle with python -m espnet_mobile.convert", isManifest: true)
         }
@@ -157,283 +220,452 @@ public struct Manifest {
 struct ManifestError: Error {
     let path: String
     let what: String
-}
 
-/// A JSON value with its path, so that every check can say where it failed.
-struct Node {
-    let value: JsonValue
-    let path: String
-
-    init(_ value: JsonValue, _ path: String) { self.value = value; self.path = path }
-
-    private var shownPath: String { path.isEmpty ? "(top level)" : path }
-
-    func fail(_ what: String) -> ManifestError { ManifestError(path: shownPath, what: what) }
-
-    func obj() throws -> JsonObject {
-        guard case .object(let o) = value else { throw fail("must be an object, got \(value.typeName)") }
-        return o
+    init(path: String, what: String) {
+        self.path = path.isEmpty ? "(top level)" : path
+        self.what = what
     }
 
-    private func child(_ key: String) -> String { path.isEmpty ? key : "\(path)/\(key)" }
-
-    func field(_ key: String) throws -> Node {
-        guard let v = try obj()[key] else { throw ManifestError(path: shownPath, what: "is missing the required field \"\(key)\"") }
-        return Node(v, child(key))
+    /// A decoder error in the manifest's words: the JSON path of the coding keys and what was expected.
+    init(decoding error: DecodingError) {
+        func pathText(_ keys: [CodingKey]) -> String { keys.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: "/") }
+        switch error {
+        case .keyNotFound(let key, let context):
+            self.init(path: pathText(context.codingPath), what: "is missing the required field \"\(key.stringValue)\"")
+        case .typeMismatch(let type, let context):
+            self.init(path: pathText(context.codingPath), what: "must be \(ManifestError.kind(type)) (\(context.debugDescription))")
+        case .valueNotFound(let type, let context):
+            self.init(path: pathText(context.codingPath), what: "must be \(ManifestError.kind(type)), got null")
+        case .dataCorrupted(let context):
+            self.init(path: pathText(context.codingPath), what: "is not valid (\(context.debugDescription))")
+        @unknown default:
+            self.init(path: "", what: "cannot be decoded (\(error))")
+        }
     }
 
-    func optField(_ key: String) throws -> Node? {
-        guard let v = try obj()[key] else { return nil }
-        if case .null = v { return nil }
-        return Node(v, child(key))
-    }
-
-    func items() throws -> [Node] {
-        guard case .array(let a) = value else { throw fail("must be an array, got \(value.typeName)") }
-        return a.enumerated().map { Node($0.element, "\(path)/\($0.offset)") }
-    }
-
-    func string() throws -> String {
-        guard case .string(let s) = value else { throw fail("must be a string, got \(value.typeName)") }
-        return s
-    }
-
-    func nonEmptyString() throws -> String {
-        let s = try string()
-        if s.isEmpty { throw fail("must not be empty") }
-        return s
-    }
-
-    func bool() throws -> Bool {
-        guard case .bool(let b) = value else { throw fail("must be true or false, got \(value.typeName)") }
-        return b
-    }
-
-    func number() throws -> Double {
-        guard case .number(let n) = value else { throw fail("must be a number, got \(value.typeName)") }
-        return n
-    }
-
-    func int(min: Int? = nil) throws -> Int {
-        guard case .number(let n) = value else { throw fail("must be an integer, got \(value.typeName)") }
-        if n != n.rounded() || n > Double(Int32.max) || n < Double(Int32.min) { throw fail("must be an integer, got \(n)") }
-        let v = Int(n)
-        if let m = min, v < m { throw fail("must be at least \(m), got \(v)") }
-        return v
-    }
-
-    func int64(min: Int64? = nil) throws -> Int64 {
-        guard case .number(let n) = value else { throw fail("must be an integer, got \(value.typeName)") }
-        if n != n.rounded() || abs(n) > 9.007199254740992e15 { throw fail("must be an integer, got \(n)") }
-        let v = Int64(n)
-        if let m = min, v < m { throw fail("must be at least \(m), got \(v)") }
-        return v
-    }
-
-    func oneOf(_ allowed: [String]) throws -> String {
-        let s = try string()
-        if !allowed.contains(s) { throw fail("must be one of \(allowed.joined(separator: ", ")), got \"\(s)\"") }
-        return s
-    }
-
-    func intList(minValue: Int? = nil, size: Int? = nil) throws -> [Int] {
-        let list = try items().map { try $0.int(min: minValue) }
-        if let n = size, list.count != n { throw fail("must have \(n) entries, got \(list.count)") }
-        return list
-    }
-
-    func sha256() throws -> String {
-        let s = try string()
-        let hex = s.unicodeScalars.allSatisfy { ("0"..."9").contains(Character($0)) || ("a"..."f").contains(Character($0)) }
-        if s.unicodeScalars.count != 64 || !hex { throw fail("must be 64 lowercase hex digits (a sha256), got \"\(s)\"") }
-        return s
+    private static func kind(_ type: Any.Type) -> String {
+        if type == String.self { return "a string" }
+        if type == Double.self || type == Int.self { return "a number" }
+        if type == Bool.self { return "true or false" }
+        let name = "\(type)"
+        if name.hasPrefix("Array") || name.hasPrefix("[") && !name.contains(":") { return "an array" }
+        return "an object"
     }
 }
 
 /// Formats lists like Kotlin's List.toString(): [1, 3, 8].
 func listText<T>(_ list: [T]) -> String { "[" + list.map { "\($0)" }.joined(separator: ", ") + "]" }
 
-private struct ManifestReader {
-    func read(_ root: Node) throws -> Manifest {
-        let top = try root.obj()
-        let version = try root.field("schema_version").int()
-        if version != Manifest.schemaVersion {
-            throw try root.field("schema_version").fail(
-                "is \(version) but this app reads version \(Manifest.schemaVersion); use the app and bundle from the same release")
+// MARK: - The manifest as JSON: Decodable types that mirror its fields. Numbers are decoded as Double
+// and checked by ManifestReader, so that "must be an integer, got 2.5" reads as in Kotlin.
+
+struct AnyKey: CodingKey {
+    let stringValue: String
+    let intValue: Int?
+    init(stringValue: String) { self.stringValue = stringValue; intValue = nil }
+    init?(intValue: Int) { stringValue = String(intValue); self.intValue = intValue }
+}
+
+/// A field that must be a JSON object; its contents are not read.
+struct JSONObjectField: Decodable {
+    init(from decoder: Decoder) throws { _ = try decoder.container(keyedBy: AnyKey.self) }
+}
+
+struct WireManifest: Decodable {
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case schemaVersion = "schema_version", modelId = "model_id", createdBy = "created_by", model, input, output
+        case labels, palette, preprocessing, postprocessing, artifacts, golden, thresholds, parity, accuracy
+    }
+
+    let schemaVersion: Double
+    let modelId: String
+    let createdBy: String
+    let model: WireModel
+    let input: WireInput
+    let output: WireOutput
+    let labels: [String]
+    let palette: [[Double]]
+    let artifacts: [WireArtifact]
+    let golden: WireGolden
+    let thresholds: [String: [String: Double]]
+    let accuracy: WireAccuracy?
+
+    init(from decoder: Decoder) throws {
+        let all = try decoder.container(keyedBy: AnyKey.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        // The version first: a newer bundle may differ anywhere else.
+        schemaVersion = try c.decode(Double.self, forKey: .schemaVersion)
+        if schemaVersion != Double(Manifest.schemaVersion) {
+            throw ManifestError(path: "schema_version", what:
+                "is \(ManifestReader.numberText(schemaVersion)) but this app reads version \(Manifest.schemaVersion); use the app and bundle from the same release")
         }
-        let unknown = top.keys.filter { !Manifest.topLevelKeys.contains($0) }
-        if !unknown.isEmpty { throw root.fail("has unknown fields \(unknown.map { "\"\($0)\"" }.joined(separator: ", "))") }
-        for key in Manifest.topLevelKeys where key != "parity" { _ = try root.field(key) }
+        let unknown = all.allKeys.map(\.stringValue).filter { CodingKeys(rawValue: $0) == nil }.sorted()
+        if !unknown.isEmpty { throw ManifestError(path: "", what: "has unknown fields \(unknown.map { "\"\($0)\"" }.joined(separator: ", "))") }
+        for key in CodingKeys.allCases where key != .parity && key != .accuracy && !c.contains(key) {
+            throw ManifestError(path: "", what: "is missing the required field \"\(key.rawValue)\"")
+        }
+        modelId = try c.decode(String.self, forKey: .modelId)
+        createdBy = try c.decode(String.self, forKey: .createdBy)
+        model = try c.decode(WireModel.self, forKey: .model)
+        input = try c.decode(WireInput.self, forKey: .input)
+        output = try c.decode(WireOutput.self, forKey: .output)
+        labels = try c.decode([String].self, forKey: .labels)
+        palette = try c.decode([[Double]].self, forKey: .palette)
+        _ = try c.decode(JSONObjectField.self, forKey: .preprocessing)
+        _ = try c.decode(JSONObjectField.self, forKey: .postprocessing)
+        artifacts = try c.decode([WireArtifact].self, forKey: .artifacts)
+        golden = try c.decode(WireGolden.self, forKey: .golden)
+        // thresholds: precision -> {name: limit}; other entries (e.g. a "description" string) are skipped.
+        let t = try c.nestedContainer(keyedBy: AnyKey.self, forKey: .thresholds)
+        var limits: [String: [String: Double]] = [:]
+        for key in t.allKeys {
+            if (try? t.decode(String.self, forKey: key)) != nil { continue }
+            limits[key.stringValue] = try t.decode([String: Double].self, forKey: key)
+        }
+        thresholds = limits
+        accuracy = try c.decodeIfPresent(WireAccuracy.self, forKey: .accuracy)
+    }
+}
 
-        let model = try root.field("model")
-        let numClasses = try model.field("num_classes").int(min: 1)
-        let input = try readInput(root.field("input"))
-        let output = try readOutput(root.field("output"), numClasses)
+struct WireModel: Decodable {
+    let arch: String
+    let dataset: String
+    let numClasses: Double
+    enum CodingKeys: String, CodingKey { case arch, dataset, numClasses = "num_classes" }
+}
 
-        let labelsNode = try root.field("labels")
-        let labels = try labelsNode.items().map { try $0.string() }
-        if labels.isEmpty { throw labelsNode.fail("must not be empty") }
-        if labels.count != numClasses { throw labelsNode.fail("has \(labels.count) names but model/num_classes is \(numClasses)") }
+struct WireInput: Decodable {
+    let name: String, shape: [Double], layout: String, dtype: String, colorOrder: String, valueRange: [Double], normalization: String
+    enum CodingKeys: String, CodingKey {
+        case name, shape, layout, dtype, normalization, colorOrder = "color_order", valueRange = "value_range"
+    }
+}
 
-        let paletteNode = try root.field("palette")
-        let palette: [Rgb] = try paletteNode.items().map { node in
-            let c = try node.intList(minValue: 0, size: 3)
-            if c.contains(where: { $0 > 255 }) { throw node.fail("colour components must be 0-255, got \(listText(c))") }
+struct WireOutput: Decodable {
+    let name: String, shape: [Double], layout: String, dtype: String, meaning: String
+}
+
+struct WireArtifact: Decodable {
+    let file: String, target: String, delegate: String, precision: String, computeUnits: [String], sha256: String
+    let bytes: Double, executableHere: Bool, notExecutableReason: String?, inputLayout: String, cacheKey: String
+    enum CodingKeys: String, CodingKey {
+        case file, target, delegate, precision, sha256, bytes, toolVersions = "tool_versions"
+        case computeUnits = "compute_units", executableHere = "executable_here", notExecutableReason = "not_executable_reason"
+        case inputLayout = "input_layout", cacheKey = "cache_key"
+    }
+
+    init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        file = try c.decode(String.self, forKey: .file)
+        _ = try c.decode(JSONObjectField.self, forKey: .toolVersions)
+        cacheKey = try c.decode(String.self, forKey: .cacheKey)
+        target = try c.decode(String.self, forKey: .target)
+        delegate = try c.decode(String.self, forKey: .delegate)
+        precision = try c.decode(String.self, forKey: .precision)
+        computeUnits = try c.decode([String].self, forKey: .computeUnits)
+        sha256 = try c.decode(String.self, forKey: .sha256)
+        bytes = try c.decode(Double.self, forKey: .bytes)
+        executableHere = try c.decode(Bool.self, forKey: .executableHere)
+        notExecutableReason = try c.decodeIfPresent(String.self, forKey: .notExecutableReason)
+        inputLayout = try c.decode(String.self, forKey: .inputLayout)
+    }
+}
+
+struct WireFile: Decodable { let file: String, sha256: String }
+
+struct WireTensor: Decodable {
+    let file: String, sha256: String, shape: [Double], dtype: String
+    let byteOrder: String?
+    enum CodingKeys: String, CodingKey { case file, sha256, shape, dtype, byteOrder = "byte_order" }
+}
+
+struct WireGoldenItem: Decodable {
+    let name: String, image: WireFile, imageSize: [Double], input: WireTensor, logits: WireTensor, mask: WireTensor
+    let fullMask: WireFile?
+    enum CodingKeys: String, CodingKey { case name, image, input, logits, mask, imageSize = "image_size", fullMask = "full_mask" }
+}
+
+struct WireGolden: Decodable { let source: String, items: [WireGoldenItem] }
+
+struct WireAccuracy: Decodable {
+    let dataset: String, datasetTitle: String?, split: String, images: Double, ignoreLabel: Double?
+    let classes: [String], date: String, toolVersions: [String: String], results: [WireAccuracyResult]
+    enum CodingKeys: String, CodingKey {
+        case dataset, split, images, classes, date, results
+        case datasetTitle = "dataset_title", ignoreLabel = "ignore_label", toolVersions = "tool_versions"
+    }
+}
+
+struct WireAccuracyResult: Decodable {
+    let artifact: String, sha256: String?, target: String?, precision: String, runtime: String, computeUnit: String?
+    let miou: Double?, pixelAccuracy: Double?, classIou: [String: Double?], agreementWithReference: Double?
+    let images: Double, error: String?
+    enum CodingKeys: String, CodingKey {
+        case artifact, sha256, target, precision, runtime, miou, images, error
+        case computeUnit = "compute_unit", pixelAccuracy = "pixel_accuracy", classIou = "class_iou"
+        case agreementWithReference = "agreement_with_reference"
+    }
+
+    init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        artifact = try c.decode(String.self, forKey: .artifact)
+        sha256 = try c.decodeIfPresent(String.self, forKey: .sha256)
+        // Required but nullable: present as null for the reference row.
+        target = try c.decodeNil(forKey: .target) ? nil : try c.decode(String.self, forKey: .target)
+        precision = try c.decode(String.self, forKey: .precision)
+        runtime = try c.decode(String.self, forKey: .runtime)
+        computeUnit = try c.decodeIfPresent(String.self, forKey: .computeUnit)
+        miou = try c.decodeNil(forKey: .miou) ? nil : try c.decode(Double.self, forKey: .miou)
+        pixelAccuracy = try c.decodeNil(forKey: .pixelAccuracy) ? nil : try c.decode(Double.self, forKey: .pixelAccuracy)
+        classIou = try c.decode([String: Double?].self, forKey: .classIou)
+        agreementWithReference = try c.decodeIfPresent(Double.self, forKey: .agreementWithReference)
+        images = try c.decode(Double.self, forKey: .images)
+        error = try c.decodeIfPresent(String.self, forKey: .error)
+    }
+}
+
+// MARK: - Checks beyond the types, in the order and words of Manifest.kt.
+
+private func fail(_ path: String, _ what: String) -> ManifestError { ManifestError(path: path, what: what) }
+
+private struct ManifestReader {
+    static func numberText(_ n: Double) -> String {
+        n == n.rounded() && abs(n) < 1e15 ? String(Int64(n)) : String(n)
+    }
+
+    func int(_ value: Double, _ path: String, min: Int? = nil) throws -> Int {
+        if value != value.rounded() || value > Double(Int32.max) || value < Double(Int32.min) {
+            throw fail(path, "must be an integer, got \(value)")
+        }
+        let v = Int(value)
+        if let m = min, v < m { throw fail(path, "must be at least \(m), got \(v)") }
+        return v
+    }
+
+    func intList(_ values: [Double], _ path: String, minValue: Int? = nil, size: Int? = nil) throws -> [Int] {
+        let list = try values.enumerated().map { try int($0.element, "\(path)/\($0.offset)", min: minValue) }
+        if let n = size, list.count != n { throw fail(path, "must have \(n) entries, got \(list.count)") }
+        return list
+    }
+
+    func oneOf(_ value: String, _ allowed: [String], _ path: String) throws -> String {
+        if !allowed.contains(value) { throw fail(path, "must be one of \(allowed.joined(separator: ", ")), got \"\(value)\"") }
+        return value
+    }
+
+    func nonEmpty(_ value: String, _ path: String) throws -> String {
+        if value.isEmpty { throw fail(path, "must not be empty") }
+        return value
+    }
+
+    func sha256(_ s: String, _ path: String) throws -> String {
+        let hex = s.unicodeScalars.allSatisfy { ("0"..."9").contains(Character($0)) || ("a"..."f").contains(Character($0)) }
+        if s.unicodeScalars.count != 64 || !hex { throw fail(path, "must be 64 lowercase hex digits (a sha256), got \"\(s)\"") }
+        return s
+    }
+
+    func percent(_ value: Double, _ path: String) throws -> Double {
+        if !value.isFinite || value < 0 || value > 100 { throw fail(path, "must be between 0 and 100, got \(ManifestReader.numberText(value))") }
+        return value
+    }
+
+    func read(_ w: WireManifest) throws -> Manifest {
+        let numClasses = try int(w.model.numClasses, "model/num_classes", min: 1)
+        let input = try readInput(w.input)
+        let output = try readOutput(w.output, numClasses)
+
+        if w.labels.isEmpty { throw fail("labels", "must not be empty") }
+        if w.labels.count != numClasses { throw fail("labels", "has \(w.labels.count) names but model/num_classes is \(numClasses)") }
+
+        let palette: [Rgb] = try w.palette.enumerated().map { i, colour in
+            let c = try intList(colour, "palette/\(i)", minValue: 0, size: 3)
+            if c.contains(where: { $0 > 255 }) { throw fail("palette/\(i)", "colour components must be 0-255, got \(listText(c))") }
             return Rgb(r: c[0], g: c[1], b: c[2])
         }
-        if palette.count < numClasses { throw paletteNode.fail("has \(palette.count) colours but there are \(numClasses) classes") }
+        if palette.count < numClasses { throw fail("palette", "has \(palette.count) colours but there are \(numClasses) classes") }
 
-        _ = try root.field("preprocessing").obj()
-        _ = try root.field("postprocessing").obj()
-
-        let artifacts = try root.field("artifacts").items().map { try readArtifact($0) }
-        let golden = try root.field("golden")
-        let goldenSource = try golden.field("source").string()
-        let items = try golden.field("items").items().map { try readGolden($0, input, output, numClasses) }
+        let artifacts = try w.artifacts.enumerated().map { try readArtifact($0.element, "artifacts/\($0.offset)") }
+        let items = try w.golden.items.enumerated().map { try readGolden($0.element, "golden/items/\($0.offset)", input, output, numClasses) }
         var seen = Set<String>(), repeated: [String] = []
         for item in items { if !seen.insert(item.name).inserted, !repeated.contains(item.name) { repeated.append(item.name) } }
-        if !repeated.isEmpty { throw try golden.field("items").fail("repeats the names \(repeated.joined(separator: ", "))") }
+        if !repeated.isEmpty { throw fail("golden/items", "repeats the names \(repeated.joined(separator: ", "))") }
+
+        var thresholds: [String: [(String, Double)]] = [:]
+        for (precision, limits) in w.thresholds { thresholds[precision] = limits.keys.sorted().map { ($0, limits[$0]!) } }
 
         return Manifest(
-            schemaVersion: version,
-            modelId: try root.field("model_id").nonEmptyString(),
-            createdBy: try root.field("created_by").string(),
-            arch: try model.field("arch").oneOf(["espnet", "espnet_c", "espnetv2"]),
-            dataset: try model.field("dataset").string(),
+            schemaVersion: Manifest.schemaVersion,
+            modelId: try nonEmpty(w.modelId, "model_id"),
+            createdBy: w.createdBy,
+            arch: try oneOf(w.model.arch, ["espnet", "espnet_c", "espnetv2"], "model/arch"),
+            dataset: w.model.dataset,
             numClasses: numClasses,
             input: input,
             output: output,
-            labels: labels,
+            labels: w.labels,
             palette: palette,
             artifacts: artifacts,
-            goldenSource: goldenSource,
+            goldenSource: w.golden.source,
             golden: items,
-            thresholds: try readThresholds(root.field("thresholds"))
+            thresholds: thresholds,
+            accuracy: try w.accuracy.map { try readAccuracy($0) }
         )
     }
 
-    func readInput(_ node: Node) throws -> InputSpec {
-        let shapeNode = try node.field("shape")
-        let shape = try shapeNode.intList(minValue: 1, size: 4)
-        let layout = TensorLayout(rawValue: try node.field("layout").oneOf(["NCHW", "NHWC"]))!
-        if shape[0] != 1 { throw shapeNode.fail("must have batch size 1, got \(shape[0])") }
+    func readInput(_ w: WireInput) throws -> InputSpec {
+        let shape = try intList(w.shape, "input/shape", minValue: 1, size: 4)
+        let layout = TensorLayout(rawValue: try oneOf(w.layout, ["NCHW", "NHWC"], "input/layout"))!
+        if shape[0] != 1 { throw fail("input/shape", "must have batch size 1, got \(shape[0])") }
         let channels = layout == .NCHW ? shape[1] : shape[3]
-        if channels != 3 { throw shapeNode.fail("must have 3 colour channels for layout \(layout.rawValue), got \(listText(shape))") }
-        let range = try node.field("value_range")
-        let bounds = try range.items().map { try $0.number() }
-        if bounds.count != 2 || bounds[0] >= bounds[1] { throw range.fail("must be [low, high] with low < high, got \(listText(bounds))") }
-        _ = try node.field("normalization").oneOf(["baked_in"])
+        if channels != 3 { throw fail("input/shape", "must have 3 colour channels for layout \(layout.rawValue), got \(listText(shape))") }
+        let bounds = w.valueRange
+        if bounds.count != 2 || bounds[0] >= bounds[1] { throw fail("input/value_range", "must be [low, high] with low < high, got \(listText(bounds))") }
+        _ = try oneOf(w.normalization, ["baked_in"], "input/normalization")
         return InputSpec(
-            name: try node.field("name").string(),
+            name: w.name,
             shape: shape,
             layout: layout,
-            dtype: try node.field("dtype").oneOf(["float32", "uint8"]),
-            colorOrder: try node.field("color_order").oneOf(["RGB"]),
+            dtype: try oneOf(w.dtype, ["float32", "uint8"], "input/dtype"),
+            colorOrder: try oneOf(w.colorOrder, ["RGB"], "input/color_order"),
             valueMin: bounds[0],
             valueMax: bounds[1]
         )
     }
 
-    func readOutput(_ node: Node, _ numClasses: Int) throws -> OutputSpec {
-        let dtype = try node.field("dtype").oneOf(["float32", "int32"])
-        let shapeNode = try node.field("shape")
-        let shape = try shapeNode.intList(minValue: 1)
+    func readOutput(_ w: WireOutput, _ numClasses: Int) throws -> OutputSpec {
+        let dtype = try oneOf(w.dtype, ["float32", "int32"], "output/dtype")
+        let shape = try intList(w.shape, "output/shape", minValue: 1)
         if dtype == "float32" {
-            if shape.count != 4 || shape[0] != 1 { throw shapeNode.fail("must be [1, classes, height, width] for float32 logits, got \(listText(shape))") }
-            if shape[1] != numClasses { throw shapeNode.fail("has \(shape[1]) channels but model/num_classes is \(numClasses)") }
+            if shape.count != 4 || shape[0] != 1 { throw fail("output/shape", "must be [1, classes, height, width] for float32 logits, got \(listText(shape))") }
+            if shape[1] != numClasses { throw fail("output/shape", "has \(shape[1]) channels but model/num_classes is \(numClasses)") }
         } else if shape.count != 3 || shape[0] != 1 {
-            throw shapeNode.fail("must be [1, height, width] for an int32 mask, got \(listText(shape))")
+            throw fail("output/shape", "must be [1, height, width] for an int32 mask, got \(listText(shape))")
         }
-        _ = try node.field("meaning").string()
-        return OutputSpec(
-            name: try node.field("name").string(),
-            shape: shape,
-            layout: TensorLayout(rawValue: try node.field("layout").oneOf(["NCHW"]))!,
-            dtype: dtype
-        )
+        return OutputSpec(name: w.name, shape: shape, layout: TensorLayout(rawValue: try oneOf(w.layout, ["NCHW"], "output/layout"))!, dtype: dtype)
     }
 
-    func readArtifact(_ node: Node) throws -> Artifact {
-        let fileNode = try node.field("file")
-        let file = try fileNode.nonEmptyString()
-        if file.contains("/") || file.contains("\\") { throw fileNode.fail("must be a bare file name, got \"\(file)\"") }
-        _ = try node.field("tool_versions").obj()
-        _ = try node.field("cache_key").string()
+    func readArtifact(_ w: WireArtifact, _ path: String) throws -> Artifact {
+        let file = try nonEmpty(w.file, "\(path)/file")
+        if file.contains("/") || file.contains("\\") { throw fail("\(path)/file", "must be a bare file name, got \"\(file)\"") }
+        let bytes = w.bytes
+        if bytes != bytes.rounded() || abs(bytes) > 9.007199254740992e15 { throw fail("\(path)/bytes", "must be an integer, got \(bytes)") }
+        if bytes < 1 { throw fail("\(path)/bytes", "must be at least 1, got \(Int64(bytes))") }
         return Artifact(
             file: file,
-            target: Target(rawValue: try node.field("target").oneOf(Target.allCases.map(\.rawValue)))!,
-            delegate: try node.field("delegate").string(),
-            precision: Precision(rawValue: try node.field("precision").oneOf(Precision.allCases.map(\.rawValue)))!,
-            computeUnitNames: try node.field("compute_units").items().map { try $0.string() },
-            sha256: try node.field("sha256").sha256(),
-            bytes: try node.field("bytes").int64(min: 1),
-            executableHere: try node.field("executable_here").bool(),
-            notExecutableReason: try node.optField("not_executable_reason")?.string(),
-            inputLayout: TensorLayout(rawValue: try node.field("input_layout").oneOf(["NCHW", "NHWC"]))!
+            target: Target(rawValue: try oneOf(w.target, Target.allCases.map(\.rawValue), "\(path)/target"))!,
+            delegate: w.delegate,
+            precision: Precision(rawValue: try oneOf(w.precision, Precision.allCases.map(\.rawValue), "\(path)/precision"))!,
+            computeUnitNames: w.computeUnits,
+            sha256: try sha256(w.sha256, "\(path)/sha256"),
+            bytes: Int64(bytes),
+            executableHere: w.executableHere,
+            notExecutableReason: w.notExecutableReason,
+            inputLayout: TensorLayout(rawValue: try oneOf(w.inputLayout, ["NCHW", "NHWC"], "\(path)/input_layout"))!
         )
     }
 
-    func readFile(_ node: Node) throws -> FileRef {
-        FileRef(file: try node.field("file").nonEmptyString(), sha256: try node.field("sha256").sha256())
+    func readFile(_ w: WireFile, _ path: String) throws -> FileRef {
+        FileRef(file: try nonEmpty(w.file, "\(path)/file"), sha256: try sha256(w.sha256, "\(path)/sha256"))
     }
 
-    func readTensor(_ node: Node, _ dtypes: [String]) throws -> TensorRef {
-        _ = try node.optField("byte_order")?.oneOf(["little"])
+    func readTensor(_ w: WireTensor, _ path: String, _ dtypes: [String]) throws -> TensorRef {
+        if let order = w.byteOrder { _ = try oneOf(order, ["little"], "\(path)/byte_order") }
         return TensorRef(
-            file: try node.field("file").nonEmptyString(),
-            sha256: try node.field("sha256").sha256(),
-            shape: try node.field("shape").intList(minValue: 1),
-            dtype: try node.field("dtype").oneOf(dtypes)
+            file: try nonEmpty(w.file, "\(path)/file"),
+            sha256: try sha256(w.sha256, "\(path)/sha256"),
+            shape: try intList(w.shape, "\(path)/shape", minValue: 1),
+            dtype: try oneOf(w.dtype, dtypes, "\(path)/dtype")
         )
     }
 
-    func readGolden(_ node: Node, _ input: InputSpec, _ output: OutputSpec, _ numClasses: Int) throws -> GoldenItem {
-        let size = try node.field("image_size").intList(minValue: 1, size: 2)
+    func readGolden(_ w: WireGoldenItem, _ path: String, _ input: InputSpec, _ output: OutputSpec, _ numClasses: Int) throws -> GoldenItem {
+        let size = try intList(w.imageSize, "\(path)/image_size", minValue: 1, size: 2)
 
-        let inputNode = try node.field("input")
-        let inputRef = try readTensor(inputNode, ["float32"])
+        let inputRef = try readTensor(w.input, "\(path)/input", ["float32"])
         let wantInput = [1, 3, input.height, input.width]
         if inputRef.shape != wantInput {
-            throw try inputNode.field("shape").fail("must be \(listText(wantInput)) (NCHW, like the model input), got \(listText(inputRef.shape))")
+            throw fail("\(path)/input/shape", "must be \(listText(wantInput)) (NCHW, like the model input), got \(listText(inputRef.shape))")
         }
 
-        let logitsNode = try node.field("logits")
-        let logits = try readTensor(logitsNode, ["float16", "float32"])
+        let logits = try readTensor(w.logits, "\(path)/logits", ["float16", "float32"])
         if logits.shape.count != 4 || logits.shape[0] != 1 || logits.shape[1] != numClasses {
-            throw try logitsNode.field("shape").fail("must be [1, \(numClasses), height, width], got \(listText(logits.shape))")
+            throw fail("\(path)/logits/shape", "must be [1, \(numClasses), height, width], got \(listText(logits.shape))")
         }
         if !output.isMask && logits.shape != output.shape {
-            throw try logitsNode.field("shape").fail("must equal output/shape \(listText(output.shape)), got \(listText(logits.shape))")
+            throw fail("\(path)/logits/shape", "must equal output/shape \(listText(output.shape)), got \(listText(logits.shape))")
         }
 
-        let maskNode = try node.field("mask")
-        let mask = try readTensor(maskNode, ["uint8"])
+        let mask = try readTensor(w.mask, "\(path)/mask", ["uint8"])
         let wantMask = [1, logits.shape[2], logits.shape[3]]
         if mask.shape != wantMask {
-            throw try maskNode.field("shape").fail("must be \(listText(wantMask)) (the logits' height and width), got \(listText(mask.shape))")
+            throw fail("\(path)/mask/shape", "must be \(listText(wantMask)) (the logits' height and width), got \(listText(mask.shape))")
         }
-        if numClasses > 256 { throw maskNode.fail("cannot hold \(numClasses) classes in uint8") }
+        if numClasses > 256 { throw fail("\(path)/mask", "cannot hold \(numClasses) classes in uint8") }
 
         return GoldenItem(
-            name: try node.field("name").nonEmptyString(),
-            image: try readFile(node.field("image")),
+            name: try nonEmpty(w.name, "\(path)/name"),
+            image: try readFile(w.image, "\(path)/image"),
             imageHeight: size[0],
             imageWidth: size[1],
             input: inputRef,
             logits: logits,
             mask: mask,
-            fullMask: try node.optField("full_mask").map { try readFile($0) }
+            fullMask: try w.fullMask.map { try readFile($0, "\(path)/full_mask") }
         )
     }
 
-    func readThresholds(_ node: Node) throws -> [String: [(String, Double)]] {
-        var out: [String: [(String, Double)]] = [:]
-        let o = try node.obj()
-        for key in o.keys {
-            guard case .object(let limitsObj) = o[key]! else { continue } // e.g. a "description" string
-            let child = Node(.object(limitsObj), "\(node.path)/\(key)")
-            out[key] = try limitsObj.keys.map { ($0, try child.field($0).number()) }
+    func readAccuracy(_ w: WireAccuracy) throws -> ManifestAccuracy {
+        let path = "accuracy"
+        if w.classes.isEmpty { throw fail("\(path)/classes", "must not be empty") }
+        for (i, name) in w.classes.enumerated() { _ = try nonEmpty(name, "\(path)/classes/\(i)") }
+        var seen = Set<String>(), repeated: [String] = []
+        for name in w.classes where !seen.insert(name).inserted && !repeated.contains(name) { repeated.append(name) }
+        if !repeated.isEmpty { throw fail("\(path)/classes", "repeats \(repeated.joined(separator: ", "))") }
+        let classes = Set(w.classes)
+        let results = try w.results.enumerated().map { try readAccuracyResult($0.element, "\(path)/results/\($0.offset)", classes) }
+        return ManifestAccuracy(
+            dataset: try oneOf(w.dataset, ManifestAccuracy.datasets, "\(path)/dataset"),
+            datasetTitle: w.datasetTitle,
+            split: try nonEmpty(w.split, "\(path)/split"),
+            images: try int(w.images, "\(path)/images", min: 1),
+            ignoreLabel: try w.ignoreLabel.map { try int($0, "\(path)/ignore_label") },
+            classes: w.classes,
+            date: w.date,
+            toolVersions: w.toolVersions,
+            results: results
+        )
+    }
+
+    func readAccuracyResult(_ w: WireAccuracyResult, _ path: String, _ classes: Set<String>) throws -> AccuracyResult {
+        var classIou: [String: Double?] = [:]
+        for name in w.classIou.keys.sorted() {
+            if !classes.contains(name) { throw fail("\(path)/class_iou/\(name)", "is not one of the scored classes (accuracy/classes)") }
+            let value: Double?? = w.classIou[name]
+            if let v = value ?? nil {
+                let checked = try percent(v, "\(path)/class_iou/\(name)")
+                classIou[name] = .some(checked)
+            } else {
+                classIou[name] = .some(nil) // keeps the key: the class was in neither labels nor predictions
+            }
         }
-        return out
+        let artifact = try nonEmpty(w.artifact, "\(path)/artifact")
+        if let target = w.target { _ = try nonEmpty(target, "\(path)/target") }
+        if w.target == nil && artifact != ManifestAccuracy.referenceArtifact {
+            throw fail("\(path)/artifact", "has target null, which only the row \"\(ManifestAccuracy.referenceArtifact)\" may have")
+        }
+        return AccuracyResult(
+            artifact: artifact,
+            sha256: try w.sha256.map { try sha256($0, "\(path)/sha256") },
+            target: w.target,
+            precision: Precision(rawValue: try oneOf(w.precision, Precision.allCases.map(\.rawValue), "\(path)/precision"))!,
+            runtime: try nonEmpty(w.runtime, "\(path)/runtime"),
+            computeUnit: w.computeUnit,
+            miou: try w.miou.map { try percent($0, "\(path)/miou") },
+            pixelAccuracy: try w.pixelAccuracy.map { try percent($0, "\(path)/pixel_accuracy") },
+            classIou: classIou,
+            agreementWithReference: try w.agreementWithReference.map { try percent($0, "\(path)/agreement_with_reference") },
+            images: try int(w.images, "\(path)/images", min: 0),
+            error: w.error
+        )
     }
 }

@@ -1,44 +1,8 @@
 import XCTest
 @testable import SegmentationKit
 
-/// The same cases as JsonTest.kt, ManifestTest.kt, PreprocessTest.kt, PostprocessTest.kt and ParityTest.kt,
+/// The same cases as ManifestTest.kt, AccuracySectionTest.kt, PreprocessTest.kt, PostprocessTest.kt and ParityTest.kt,
 /// with the same expected values (several of them computed by the Python pipeline).
-final class JsonTests: XCTestCase {
-    func testParsesEveryKindOfValue() throws {
-        let v = try Json.parse(#"{"a": [1, -2.5, 3e2, true, false, null], "b": {"c": "x\"y\u00e9\n"}, "d": []}"#)
-        guard case .object(let o) = v, case .array(let a)? = o["a"], case .object(let b)? = o["b"] else { return XCTFail("shape") }
-        XCTAssertEqual(a, [.number(1), .number(-2.5), .number(300), .bool(true), .bool(false), .null])
-        XCTAssertEqual(b["c"], .string("x\"y\u{e9}\n"))
-        XCTAssertEqual(o.keys, ["a", "b", "d"])
-    }
-
-    func testRoundTripsThroughDescription() throws {
-        let v = try Json.parse(#"{"k":"a\"b\\c\u0001","n":[0,1.5,-3],"o":{"t":true,"z":null}}"#)
-        XCTAssertEqual(v, try Json.parse(v.description))
-    }
-
-    func testErrorsNameLineAndColumn() {
-        let cases: [(String, String)] = [
-            ("{\n  \"a\": 1,\n  \"b\" 2\n}", "line 3, column 7"),
-            ("[1, 2", "text ended"),
-            ("{\"a\": 01}", "expected ',' or '}'"),
-            ("{\"a\": 1} x", "after the end"),
-            ("{\"a\": 1, \"a\": 2}", "duplicate key"),
-            ("\"abc", "unterminated string"),
-            ("[tru]", "unexpected 't'"),
-            ("", "text ended"),
-            ("{'a': 1}", "quoted key"),
-        ]
-        for (text, expected) in cases {
-            XCTAssertThrowsError(try Json.parse(text)) { error in
-                let message = (error as? JsonParseError)?.message ?? ""
-                XCTAssertTrue(message.contains(expected), "for \(text): \(message)")
-                XCTAssertTrue(message.hasPrefix("invalid JSON at line "), message)
-            }
-        }
-    }
-}
-
 final class ManifestTests: XCTestCase {
     func testReadsAValidManifest() throws {
         let m = try Manifest.parse(TestSupport.manifestJson(numClasses: 3, h: 8, w: 16))
@@ -53,33 +17,40 @@ final class ManifestTests: XCTestCase {
         XCTAssertEqual(art.precision, .fp32)
         XCTAssertEqual(art.inputLayout, .NHWC)
         XCTAssertEqual(art.computeUnits, [.cpu, .gpu])
+        XCTAssertEqual(art.bytes, 10)
         let g = try XCTUnwrap(m.golden.first)
         XCTAssertEqual(g.imageHeight, 10)
         XCTAssertEqual(g.imageWidth, 12)
         XCTAssertNil(g.fullMask)
-        XCTAssertEqual(m.thresholds(for: .fp32).map(\.0), ["min_pixel_agreement", "max_rel_abs_error"])
+        // JSONDecoder does not keep key order: the limits come sorted by name.
+        XCTAssertEqual(m.thresholds(for: .fp32).map(\.0), ["max_rel_abs_error", "min_pixel_agreement"])
+        XCTAssertEqual(m.thresholds(for: .fp32).map(\.1), [0.0001, 0.999])
         XCTAssertTrue(m.thresholds(for: .int8).isEmpty)
+        XCTAssertNil(m.accuracy)
     }
 
     func testErrorsNameTheFieldAndTheProblem() {
         typealias S = TestSupport
-        let cases: [((inout JsonObject) -> Void, [String])] = [
+        let cases: [((inout [String: Any]) -> Void, [String])] = [
             ({ $0["labels"] = nil }, ["(top level)", "\"labels\""]),
-            ({ $0["schema_version"] = .number(2) }, ["schema_version", "is 2", "version 1"]),
-            ({ $0["extra"] = .null }, ["unknown fields", "\"extra\""]),
+            ({ $0["schema_version"] = 2 }, ["schema_version", "is 2", "version 1"]),
+            ({ $0["extra"] = NSNull() }, ["unknown fields", "\"extra\""]),
             ({ S.set(&$0, "input", "shape", S.ints(1, 3, 8)) }, ["input/shape", "4 entries"]),
             ({ S.set(&$0, "input", "shape", S.ints(1, 4, 8, 8)) }, ["input/shape", "3 colour channels"]),
-            ({ S.set(&$0, "input", "layout", .string("CHW")) }, ["input/layout", "NCHW, NHWC", "\"CHW\""]),
-            ({ S.set(&$0, "input", "color_order", .string("BGR")) }, ["input/color_order", "RGB"]),
-            ({ S.set(&$0, "model", "num_classes", .number(2.5)) }, ["model/num_classes", "integer"]),
-            ({ S.set(&$0, "model", "num_classes", .number(4)) }, ["output/shape", "4"]),
-            ({ S.set(&$0, "", "palette", .array([S.ints(0, 0, 0), S.ints(1, 1, 1), S.ints(300, 0, 0)])) }, ["palette/2", "0-255"]),
-            ({ S.set(&$0, "artifacts/0", "sha256", .string("abc")) }, ["artifacts/0/sha256", "sha256"]),
-            ({ S.set(&$0, "artifacts/0", "file", .string("../x.pte")) }, ["artifacts/0/file", "bare file name"]),
+            ({ S.set(&$0, "input", "layout", "CHW") }, ["input/layout", "NCHW, NHWC", "\"CHW\""]),
+            ({ S.set(&$0, "input", "color_order", "BGR") }, ["input/color_order", "RGB"]),
+            ({ S.set(&$0, "input", "name", 5) }, ["input/name", "must be a string"]),
+            ({ S.set(&$0, "model", "num_classes", 2.5) }, ["model/num_classes", "integer"]),
+            ({ S.set(&$0, "model", "num_classes", 4) }, ["output/shape", "4"]),
+            ({ S.set(&$0, "", "palette", [S.ints(0, 0, 0), S.ints(1, 1, 1), S.ints(300, 0, 0)]) }, ["palette/2", "0-255"]),
+            ({ S.set(&$0, "artifacts/0", "sha256", "abc") }, ["artifacts/0/sha256", "sha256"]),
+            ({ S.set(&$0, "artifacts/0", "file", "../x.pte") }, ["artifacts/0/file", "bare file name"]),
+            ({ S.set(&$0, "artifacts/0", "target", "onnx") }, ["artifacts/0/target", "executorch, coreml, tflite"]),
             ({ S.set(&$0, "artifacts/0", "input_layout", nil) }, ["artifacts/0", "\"input_layout\""]),
             ({ S.set(&$0, "golden/items/0/input", "shape", S.ints(1, 3, 4, 4)) }, ["golden/items/0/input/shape", "[1, 3, 8, 8]"]),
             ({ S.set(&$0, "golden/items/0/mask", "shape", S.ints(1, 8, 9)) }, ["golden/items/0/mask/shape", "[1, 8, 8]"]),
-            ({ S.set(&$0, "thresholds/fp32", "min_pixel_agreement", .string("high")) }, ["thresholds/fp32/min_pixel_agreement", "number"]),
+            ({ S.set(&$0, "golden/items/0/mask", "byte_order", "big") }, ["golden/items/0/mask/byte_order", "little"]),
+            ({ S.set(&$0, "thresholds/fp32", "min_pixel_agreement", "high") }, ["thresholds/fp32/min_pixel_agreement", "number"]),
         ]
         for (i, (mutate, expected)) in cases.enumerated() {
             XCTAssertThrowsError(try Manifest.parse(TestSupport.manifestJson(mutate: mutate), where: "bundle/manifest.json"), "case \(i)") { error in
@@ -92,8 +63,98 @@ final class ManifestTests: XCTestCase {
 
     func testInvalidJsonIsReportedAsSuch() {
         XCTAssertThrowsError(try Manifest.parse("{\"schema_version\": 1,", where: "m.json")) { error in
-            XCTAssertTrue((error as? BundleError)?.message.hasPrefix("m.json is not valid JSON (invalid JSON at line 1") ?? false)
+            let message = (error as? BundleError)?.message ?? ""
+            XCTAssertTrue(message.hasPrefix("m.json is not valid JSON ("), message)
         }
+        XCTAssertThrowsError(try Manifest.parse("[1, 2]", where: "m.json")) { error in
+            let message = (error as? BundleError)?.message ?? ""
+            XCTAssertTrue(message.contains("(top level) must be an object"), message)
+        }
+    }
+}
+
+/// The manifest's optional `accuracy` section; the same cases as AccuracySectionTest.kt.
+final class AccuracySectionTests: XCTestCase {
+    private func manifest(_ accuracy: Any?) throws -> Manifest {
+        try Manifest.parse(TestSupport.manifestJson { root in if let a = accuracy { root["accuracy"] = a } })
+    }
+
+    func testOlderBundlesWithoutTheSectionOrWithNullStillRead() throws {
+        XCTAssertNil(try manifest(nil).accuracy)
+        XCTAssertNil(try manifest(NSNull()).accuracy)
+    }
+
+    func testReadsEveryFieldOfTheSection() throws {
+        let a = try XCTUnwrap(try manifest(TestSupport.accuracySection()).accuracy)
+        XCTAssertEqual(a.dataset, "camvid")
+        XCTAssertEqual(a.title, "CamVid (SegNet split)")
+        XCTAssertEqual(a.split, "val")
+        XCTAssertEqual(a.images, 101)
+        XCTAssertEqual(a.ignoreLabel, 255)
+        XCTAssertEqual(a.classes, ["class0", "class1", "class2"])
+        XCTAssertEqual(a.toolVersions["torch"], "2.13.0")
+        XCTAssertEqual(a.results.count, 3)
+
+        let ref = try XCTUnwrap(a.reference)
+        XCTAssertEqual(ref.artifact, "pytorch-reference")
+        XCTAssertNil(ref.target)
+        XCTAssertEqual(ref.miou, 70.12)
+        XCTAssertTrue(ref.classIou.keys.contains("class1"), "a null class IoU is kept, as null")
+        XCTAssertEqual(ref.classIou["class1"], .some(nil))
+        XCTAssertEqual(ref.classIou["class0"], .some(90.1))
+
+        let fp32 = try XCTUnwrap(a.results(for: "m_tflite_fp32.tflite").first)
+        XCTAssertEqual(fp32.target, "tflite")
+        XCTAssertEqual(fp32.computeUnit, "cpu")
+        XCTAssertEqual(fp32.agreementWithReference, 99.9)
+
+        let int8 = try XCTUnwrap(a.results(for: "m_tflite_int8.tflite").first)
+        XCTAssertEqual(int8.precision, .int8)
+        XCTAssertEqual(int8.pixelAccuracy, 91.1)
+        XCTAssertNil(int8.error)
+        XCTAssertEqual(try XCTUnwrap(a.miouDelta(int8)), -0.82, accuracy: 1e-9)
+        XCTAssertTrue(a.results(for: "not_in_the_bundle.pte").isEmpty)
+    }
+
+    func testErrorsNameTheFieldAndTheProblem() {
+        typealias S = TestSupport
+        let cases: [((inout [String: Any]) -> Void, [String])] = [
+            ({ $0["dataset"] = "kitti" }, ["accuracy/dataset", "camvid, cityscapes, voc", "\"kitti\""]),
+            ({ $0["results"] = nil }, ["accuracy", "\"results\""]),
+            ({ $0["images"] = 0 }, ["accuracy/images", "at least 1"]),
+            ({ $0["classes"] = [String]() }, ["accuracy/classes", "must not be empty"]),
+            ({ S.set(&$0, "results/1", "miou", 101.0) }, ["accuracy/results/1/miou", "between 0 and 100", "101"]),
+            ({ S.set(&$0, "results/0/class_iou", "road", 3.0) }, ["accuracy/results/0/class_iou/road", "not one of the scored classes"]),
+            ({ S.set(&$0, "results/2", "target", NSNull()) }, ["accuracy/results/2/artifact", "only the row \"pytorch-reference\""]),
+            ({ S.set(&$0, "results/2", "precision", "int4") }, ["accuracy/results/2/precision", "fp32, fp16, int8"]),
+            ({ S.set(&$0, "tool_versions", "torch", 2) }, ["accuracy/tool_versions/torch", "string"]),
+        ]
+        for (i, (mutate, expected)) in cases.enumerated() {
+            var section = TestSupport.accuracySection()
+            mutate(&section)
+            XCTAssertThrowsError(try manifest(section), "case \(i)") { error in
+                let message = (error as? BundleError)?.message ?? ""
+                for part in expected { XCTAssertTrue(message.contains(part), "case \(i): \"\(message)\" should mention \"\(part)\"") }
+            }
+        }
+    }
+}
+
+final class Sha256Tests: XCTestCase {
+    func testPortableDigestMatchesKnownVectors() {
+        func portable(_ parts: [Data]) -> String {
+            var h = PortableSHA256()
+            for p in parts { h.update(p) }
+            return hexText(h.finalize())
+        }
+        XCTAssertEqual(portable([Data()]), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        XCTAssertEqual(portable([Data("abc".utf8)]), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        let long = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"
+        XCTAssertEqual(portable([Data(long.utf8)]), "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
+        // Split across blocks at odd places: the same digest.
+        let bytes = Data((0..<1000).map { UInt8($0 % 251) })
+        XCTAssertEqual(portable([bytes.prefix(3), bytes.dropFirst(3).prefix(130), bytes.dropFirst(133)]), portable([bytes]))
+        XCTAssertEqual(Sha256.hex(bytes), portable([bytes]), "CryptoKit (where present) and the portable digest agree")
     }
 }
 

@@ -94,4 +94,17 @@ final class GoldenVectorsTests: XCTestCase {
         XCTAssertLessThan(metrics.pixelAgreement, 1)
         XCTAssertFalse(ParityThresholds.evaluate(metrics, limits: m.thresholds(for: .fp32), precision: .fp32).passed)
     }
+
+    /// The accuracy section as the Python pipeline writes it, when the bundle has one (older bundles do not).
+    func testTheBundlesAccuracySectionReads() throws {
+        let m = try bundle().manifest
+        guard let a = m.accuracy else {
+            print("accuracy section: none")
+            return
+        }
+        XCTAssertFalse(a.results.isEmpty, "an accuracy section with no results")
+        for r in a.results { XCTAssertTrue(r.classIou.keys.allSatisfy { a.classes.contains($0) }, r.artifact) }
+        let miou = a.reference?.miou.map { String(format: "%.4f", $0) } ?? "-"
+        print("accuracy section: dataset=\(a.dataset) split=\(a.split) images=\(a.images) results=\(a.results.count) reference mIoU=\(miou)")
+    }
 }

@@ -1,6 +1,9 @@
-import CoreGraphics
 import Foundation
+import XCTest
+#if canImport(ImageIO) && canImport(CoreGraphics)
+import CoreGraphics
 import ImageIO
+#endif
 @testable import SegmentationKit
 
 /// Helpers for the tests only (ImageIO stays out of the library). Mirrors TestSupport.kt.
@@ -12,6 +15,9 @@ enum TestSupport {
         guard let path = ProcessInfo.processInfo.environment[bundleEnv], !path.isEmpty else { return nil }
         return URL(fileURLWithPath: path, isDirectory: true)
     }
+
+#if canImport(ImageIO) && canImport(CoreGraphics)
+    typealias DecodedImage = CGImage
 
     static func decodePng(_ data: Data) throws -> CGImage {
         guard let source = CGImageSourceCreateWithData(data as CFData, nil),
@@ -87,6 +93,19 @@ enum TestSupport {
         })
     }
 
+#else
+    /// No PNG decoder in Foundation off Apple platforms: the tests that read the golden PNGs skip there.
+    struct DecodedImage {}
+
+    static func decodePng(_ data: Data) throws -> DecodedImage {
+        throw XCTSkip("no PNG decoder on this platform (ImageIO is Apple-only); the golden PNG checks run on macOS")
+    }
+
+    static func toRgb(_ image: DecodedImage) -> RgbImage { fatalError("unreachable: decodePng skips first") }
+
+    static func paletteIndices(_ image: DecodedImage, palette: [Rgb]) -> Mask { fatalError("unreachable: decodePng skips first") }
+#endif
+
     static func maxAbsDiff(_ a: [Float], _ b: [Float]) -> Double {
         precondition(a.count == b.count)
         var m = 0.0
@@ -94,8 +113,9 @@ enum TestSupport {
         return m
     }
 
-    /// A small valid manifest (the same as TestSupport.kt's); tests change one field through `mutate`.
-    static func manifestJson(numClasses: Int = 3, h: Int = 8, w: Int = 8, mutate: (inout JsonObject) -> Void = { _ in }) -> String {
+    /// A small valid manifest (the same as TestSupport.kt's); tests change one field through `mutate`,
+    /// on the JSON as Foundation's JSONSerialization reads it.
+    static func manifestJson(numClasses: Int = 3, h: Int = 8, w: Int = 8, mutate: (inout [String: Any]) -> Void = { _ in }) -> String {
         let sha = String(repeating: "0", count: 64)
         let labels = (0..<numClasses).map { "\"class\($0)\"" }.joined(separator: ",")
         let palette = (0..<numClasses).map { "[\($0 * 10),\($0 * 20),\($0 * 30)]" }.joined(separator: ",")
@@ -127,34 +147,55 @@ enum TestSupport {
           "parity": null
         }
         """
-        guard case .object(var root) = try! Json.parse(text) else { fatalError("not an object") }
+        var root = try! JSONSerialization.jsonObject(with: Data(text.utf8)) as! [String: Any]
         mutate(&root)
-        return JsonValue.object(root).description
+        return String(decoding: try! JSONSerialization.data(withJSONObject: root), as: UTF8.self)
     }
 
-    static func ints(_ v: Int...) -> JsonValue { .array(v.map { .number(Double($0)) }) }
+    /// An `accuracy` section shaped as python -m espnet_mobile.evaluate writes it (as AccuracySectionTest.kt's):
+    /// the reference and two artifacts; one class IoU is null (the class is in neither labels nor predictions).
+    static func accuracySection() -> [String: Any] {
+        let text = """
+        {
+          "dataset": "camvid", "dataset_title": "CamVid (SegNet split)", "split": "val", "images": 101, "ignore_label": 255,
+          "classes": ["class0", "class1", "class2"], "date": "2026-12-05T10:00:00Z",
+          "tool_versions": {"espnet_mobile": "0.1.0", "torch": "2.13.0"},
+          "results": [
+            {"artifact": "pytorch-reference", "target": null, "precision": "fp32", "runtime": "pytorch",
+             "miou": 70.12, "pixel_accuracy": 91.5, "class_iou": {"class0": 90.1, "class1": null, "class2": 50.0}, "images": 101},
+            {"artifact": "m_tflite_fp32.tflite", "target": "tflite", "precision": "fp32", "runtime": "litert-cpu",
+             "miou": 70.1, "pixel_accuracy": 91.49, "class_iou": {"class0": 90.0, "class1": null, "class2": 50.0}, "images": 101,
+             "sha256": "\(String(repeating: "0", count: 64))", "compute_unit": "cpu", "agreement_with_reference": 99.9, "seconds": 12.5},
+            {"artifact": "m_tflite_int8.tflite", "target": "tflite", "precision": "int8", "runtime": "litert-cpu",
+             "miou": 69.3, "pixel_accuracy": 91.1, "class_iou": {"class0": 89.0, "class1": 12.5, "class2": 50.0}, "images": 101,
+             "error": null}
+          ]
+        }
+        """
+        return try! JSONSerialization.jsonObject(with: Data(text.utf8)) as! [String: Any]
+    }
+
+    static func ints(_ v: Int...) -> [Int] { v }
 
     /// Set `key` of the object at `path` ("a/b/0") inside `root` to `value` (nil removes it).
-    static func set(_ root: inout JsonObject, _ path: String, _ key: String, _ value: JsonValue?) {
-        func update(_ v: JsonValue, _ parts: ArraySlice<Substring>) -> JsonValue {
+    static func set(_ root: inout [String: Any], _ path: String, _ key: String, _ value: Any?) {
+        func update(_ v: Any, _ parts: ArraySlice<Substring>) -> Any {
             guard let head = parts.first else {
-                guard case .object(var o) = v else { fatalError("not an object at \(path)") }
+                guard var o = v as? [String: Any] else { fatalError("not an object at \(path)") }
                 o[key] = value
-                return .object(o)
+                return o
             }
-            switch v {
-            case .object(var o):
+            if var o = v as? [String: Any] {
                 o[String(head)] = update(o[String(head)]!, parts.dropFirst())
-                return .object(o)
-            case .array(var a):
+                return o
+            }
+            if var a = v as? [Any] {
                 let i = Int(head)!
                 a[i] = update(a[i], parts.dropFirst())
-                return .array(a)
-            default:
-                fatalError("cannot descend into \(v)")
+                return a
             }
+            fatalError("cannot descend into \(v)")
         }
-        guard case .object(let updated) = update(.object(root), ArraySlice(path.split(separator: "/"))) else { return }
-        root = updated
+        root = update(root, ArraySlice(path.split(separator: "/"))) as! [String: Any]
     }
 }

@@ -8,6 +8,7 @@ import org.espnetmobile.core.Bundle
 import org.espnetmobile.core.ComputeUnit
 import org.espnetmobile.core.Postprocess
 import org.espnetmobile.core.Preprocess
+import org.espnetmobile.core.RuntimeOptions
 import org.junit.Assert.assertEquals
 import org.junit.Assert.assertTrue
 import org.junit.Assume.assumeTrue
@@ -17,8 +18,9 @@ import org.junit.runner.RunWith
 /**
  * The accuracy check of the app, on a device, for the bundle in assets/bundle/:
  * Android's PNG decoder + the core reproduce the golden inputs, and every artifact the app offers
- * passes the manifest's thresholds on the CPU. Other compute units are run and logged (GPU and
- * NPU kernels may legitimately compute in lower precision than the artifact's thresholds assume).
+ * passes the manifest's thresholds on the CPU. Other compute units the phone offers are run and
+ * logged (GPU and NPU kernels may legitimately compute in lower precision than the artifact's
+ * thresholds assume); those it does not offer are logged with the reason.
  *
  *   ./gradlew :app:connectedAndroidTest     # logcat tag: EspnetAccuracy
  */
@@ -26,6 +28,7 @@ import org.junit.runner.RunWith
 class AccuracyCheckInstrumentedTest {
     private val context = InstrumentationRegistry.getInstrumentation().targetContext
     private val bundle: Bundle = AssetBundleFiles.open(context)
+    private val device = Runtimes.probe(context)
 
     @Test
     fun decodingAndPreprocessingReproduceTheGoldenInputs() {
@@ -50,7 +53,7 @@ class AccuracyCheckInstrumentedTest {
     @Test
     fun everyArtifactPassesOnTheCpu() {
         val m = bundle.manifest
-        val options = Runtimes.options(m).filter { it.unit == ComputeUnit.CPU }
+        val options = RuntimeOptions.build(m, device).filter { it.unit == ComputeUnit.CPU && it.enabled }
         assumeTrue("the bundle has no artifact this app runs on the CPU", options.isNotEmpty() && m.golden.isNotEmpty())
         val failures = ArrayList<String>()
         for (option in options) {
@@ -64,10 +67,12 @@ class AccuracyCheckInstrumentedTest {
     }
 
     @Test
-    fun otherComputeUnitsRunOrFallBackWithAMessage() {
+    fun otherComputeUnitsRunWhereThePhoneOffersThem() {
         val m = bundle.manifest
-        val options = Runtimes.options(m).filter { it.unit != ComputeUnit.CPU }
-        assumeTrue("no GPU/NPU options in this bundle", options.isNotEmpty() && m.golden.isNotEmpty())
+        val all = RuntimeOptions.build(m, device).filter { it.unit != ComputeUnit.CPU }
+        for (option in all.filter { !it.enabled }) Log.i(TAG, "${option.label}: not available - ${option.disabledReason}")
+        val options = all.filter { it.enabled }
+        assumeTrue("no GPU/NPU choice is available on this phone", options.isNotEmpty() && m.golden.isNotEmpty())
         for (option in options) {
             Runtimes.open(context, bundle, option).use { runner ->
                 val report = AccuracyCheck.run(bundle, option.artifact.precision, option.artifact.inputLayout, runner)

@@ -5,6 +5,7 @@ import android.graphics.Bitmap
 import android.graphics.BitmapFactory
 import android.graphics.ColorSpace
 import android.graphics.ImageDecoder
+import android.graphics.Matrix
 import android.net.Uri
 import org.espnetmobile.core.RgbImage
 
@@ -51,6 +52,13 @@ object Images {
         val argb = IntArray(bitmap.width * bitmap.height)
         bitmap.getPixels(argb, 0, bitmap.width, 0, 0, bitmap.width, bitmap.height)
         return RgbImage.fromArgb(argb, bitmap.width, bitmap.height)
+    }
+
+    /** A camera frame turned upright: CameraX reports how far the sensor image is rotated from the display. */
+    fun rotate(bitmap: Bitmap, degrees: Int): Bitmap {
+        if (degrees % 360 == 0) return bitmap
+        val matrix = Matrix().apply { postRotate(degrees.toFloat()) }
+        return Bitmap.createBitmap(bitmap, 0, 0, bitmap.width, bitmap.height, matrix, true)
     }
 
     fun toBitmap(image: RgbImage): Bitmap =

@@ -51,6 +51,8 @@ import androidx.core.content.FileProvider
 import androidx.lifecycle.viewmodel.compose.viewModel
 import org.espnetmobile.core.AccuracyReport
 import org.espnetmobile.core.CheckStatus
+import org.espnetmobile.core.LegendEntry
+import org.espnetmobile.core.SegmentationPipeline
 import org.espnetmobile.core.ParityThresholds
 import org.espnetmobile.core.Rgb
 import java.io.File
@@ -71,27 +73,35 @@ class MainActivity : ComponentActivity() {
 fun DemoApp(vm: DemoViewModel = viewModel()) {
     var tab by rememberSaveable { mutableIntStateOf(0) }
     Column(Modifier.fillMaxSize()) {
-        val m = vm.bundle?.manifest
+        val m = vm.session?.bundle?.manifest
         Text(
-            m?.let { "${it.modelId} · ${it.numClasses} classes · input ${it.input.width}x${it.input.height}" } ?: "No bundle",
+            m?.let { "${it.modelId} · ${it.numClasses} classes · input ${it.input.width}x${it.input.height}" }
+                ?: if (vm.busy) "Opening the bundle…" else "No bundle",
             style = MaterialTheme.typography.titleMedium,
             modifier = Modifier.padding(16.dp),
         )
         val problem = vm.bundleError
         if (problem != null) {
             Text(problem, color = MaterialTheme.colorScheme.error, modifier = Modifier.padding(16.dp))
-        } else {
-            TabRow(selectedTabIndex = tab) {
-                Tab(selected = tab == 0, onClick = { tab = 0 }, text = { Text("Segment") })
-                Tab(selected = tab == 1, onClick = { tab = 1 }, text = { Text("Accuracy check") })
-            }
-            Column(Modifier.verticalScroll(rememberScrollState()).padding(16.dp)) {
-                RuntimePicker(vm)
-                if (vm.busy) LinearProgressIndicator(Modifier.fillMaxWidth().padding(vertical = 8.dp))
-                vm.error?.let { Text(it, color = MaterialTheme.colorScheme.error) }
-                vm.runnerDescription?.let { Text("Running on: $it", style = MaterialTheme.typography.bodySmall) }
-                Spacer(Modifier.size(8.dp))
-                if (tab == 0) SegmentScreen(vm) else AccuracyScreen(vm)
+            return@Column
+        }
+        TabRow(selectedTabIndex = tab) {
+            Tab(selected = tab == 0, onClick = { tab = 0 }, text = { Text("Photo") })
+            Tab(selected = tab == 1, onClick = { tab = 1 }, text = { Text("Live") })
+            Tab(selected = tab == 2, onClick = { tab = 2 }, text = { Text("Check") })
+            Tab(selected = tab == 3, onClick = { tab = 3 }, text = { Text("About") })
+        }
+        Column(Modifier.verticalScroll(rememberScrollState()).padding(16.dp)) {
+            if (tab != 3) RuntimePicker(vm)
+            if (vm.busy) LinearProgressIndicator(Modifier.fillMaxWidth().padding(vertical = 8.dp))
+            vm.error?.let { Text(it, color = MaterialTheme.colorScheme.error) }
+            if (tab != 3) vm.runnerDescription?.let { Text("Ran on: $it", style = MaterialTheme.typography.bodySmall) }
+            Spacer(Modifier.size(8.dp))
+            when (tab) {
+                0 -> SegmentScreen(vm)
+                1 -> CameraScreen(vm)
+                2 -> AccuracyScreen(vm)
+                else -> AboutScreen(vm)
             }
         }
     }
@@ -99,24 +109,24 @@ fun DemoApp(vm: DemoViewModel = viewModel()) {
 
 @Composable
 fun RuntimePicker(vm: DemoViewModel) {
+    val options = vm.session?.options ?: return
     Text("Runtime and accelerator", style = MaterialTheme.typography.titleSmall)
-    if (vm.options.isEmpty()) {
+    if (options.isEmpty()) {
         Text("This bundle has no ExecuTorch (.pte) or LiteRT (.tflite) artifact an Android phone can run.")
         return
     }
-    for (option in vm.options) {
+    for (option in options) {
+        val enabled = option.enabled && !vm.busy
         Row(
-            Modifier.fillMaxWidth().selectable(selected = option == vm.selected, enabled = !vm.busy, onClick = { vm.select(option) }),
+            Modifier.fillMaxWidth().selectable(selected = option == vm.selected, enabled = enabled, onClick = { vm.select(option) }),
             verticalAlignment = Alignment.CenterVertically,
         ) {
-            RadioButton(selected = option == vm.selected, onClick = null, enabled = !vm.busy)
+            RadioButton(selected = option == vm.selected, onClick = null, enabled = enabled)
             Column(Modifier.padding(start = 8.dp)) {
-                Text(option.label)
-                if (!option.listedInBundle) {
-                    Text(
-                        "not listed for this artifact in the bundle; falls back to the CPU if it cannot run",
-                        style = MaterialTheme.typography.bodySmall,
-                    )
+                Text(option.label, color = if (option.enabled) Color.Unspecified else Color.Gray)
+                option.disabledReason?.let { Text("Not available: $it", style = MaterialTheme.typography.bodySmall, color = Color.Gray) }
+                if (option.enabled && !option.listedInBundle) {
+                    Text("not listed for this artifact by the converter", style = MaterialTheme.typography.bodySmall)
                 }
             }
         }
@@ -134,19 +144,21 @@ fun SegmentScreen(vm: DemoViewModel) {
         val uri = cameraUri
         if (saved && uri != null) vm.segment(uri)
     }
+    val ready = !vm.busy && vm.selected != null
     Row(horizontalArrangement = Arrangement.spacedBy(8.dp)) {
-        Button(enabled = !vm.busy && vm.selected != null, onClick = {
+        Button(enabled = ready, onClick = {
             pickPhoto.launch(PickVisualMediaRequest(ActivityResultContracts.PickVisualMedia.ImageOnly))
         }) { Text("Choose photo") }
-        OutlinedButton(enabled = !vm.busy && vm.selected != null, onClick = {
+        OutlinedButton(enabled = ready, onClick = {
             val file = File(context.cacheDir, "photos/capture.jpg").apply { parentFile?.mkdirs() }
             val uri = FileProvider.getUriForFile(context, "${context.packageName}.photos", file)
             cameraUri = uri
             takePhoto.launch(uri)
         }) { Text("Take photo") }
     }
+    vm.photoName?.let { Text(it, style = MaterialTheme.typography.bodySmall, modifier = Modifier.padding(top = 8.dp)) }
     vm.overlay?.let { bitmap ->
-        Spacer(Modifier.size(12.dp))
+        Spacer(Modifier.size(8.dp))
         Image(
             bitmap.asImageBitmap(),
             contentDescription = "photo with the segmentation overlay",
@@ -156,12 +168,21 @@ fun SegmentScreen(vm: DemoViewModel) {
     }
     vm.timings?.let { t ->
         Text(
-            String.format(Locale.ROOT, "inference %.1f ms · preprocess %.1f ms · postprocess %.1f ms", t.inferenceMs, t.preprocessMs, t.postprocessMs),
+            String.format(Locale.ROOT, "this run: %.1f ms (pre %.1f · inference %.1f · post %.1f)", t.totalMs, t.preprocessMs, t.inferenceMs, t.postprocessMs),
             style = MaterialTheme.typography.bodyMedium,
-            modifier = Modifier.padding(vertical = 8.dp),
+            modifier = Modifier.padding(top = 8.dp),
         )
+        OutlinedButton(enabled = ready, onClick = { vm.measureLatency() }) {
+            Text("Measure latency (median of ${SegmentationPipeline.DEFAULT_RUNS} runs)")
+        }
     }
-    for (entry in vm.legend) {
+    vm.latency?.let { Text(it.description, style = MaterialTheme.typography.bodyMedium) }
+    Legend(vm.legend)
+}
+
+@Composable
+fun Legend(entries: List<LegendEntry>) {
+    for (entry in entries) {
         Row(verticalAlignment = Alignment.CenterVertically, modifier = Modifier.padding(vertical = 2.dp)) {
             Box(Modifier.size(16.dp).background(entry.colour.toColor()))
             Spacer(Modifier.width(8.dp))
@@ -172,7 +193,7 @@ fun SegmentScreen(vm: DemoViewModel) {
 
 @Composable
 fun AccuracyScreen(vm: DemoViewModel) {
-    val m = vm.bundle?.manifest ?: return
+    val m = vm.session?.bundle?.manifest ?: return
     Text(
         "Runs the ${m.golden.size} golden inputs of the bundle through the chosen runtime and compares the logits with " +
             "the reference, against the bundle's thresholds for the artifact's precision.",
@@ -220,11 +241,11 @@ fun AccuracyResult(report: AccuracyReport) {
 }
 
 @Composable
-private fun MetricRow(name: String, value: String) {
+internal fun MetricRow(name: String, value: String) {
     Row(Modifier.fillMaxWidth(), horizontalArrangement = Arrangement.SpaceBetween) {
         Text(name)
         Text(value, fontFamily = FontFamily.Monospace)
     }
 }
 
-private fun Rgb.toColor() = Color(r, g, b)
+internal fun Rgb.toColor() = Color(r, g, b)

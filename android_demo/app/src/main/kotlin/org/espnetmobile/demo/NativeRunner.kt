@@ -1,9 +1,16 @@
 package org.espnetmobile.demo
 
+import org.espnetmobile.core.Manifest
+import org.espnetmobile.core.ModelInput
+import org.espnetmobile.core.ModelOutput
+import org.espnetmobile.core.RuntimeOption
+import org.espnetmobile.core.SegmentationRunner
+
 /**
  * ExecuTorch through the project's C++ runner (src/main/cpp, built from
  * converters/executorch/cpp_runner) instead of the ExecuTorch AAR. Only present
- * when the app is built with -Pespnet.nativeRunner=true.
+ * when the app is built with -Pespnet.nativeRunner=true; the runtime picker then offers it
+ * for the bundle's XNNPACK .pte files ([NativeExecuTorchRunner]).
  */
 class NativeRunner(path: String) : AutoCloseable {
     private var handle: Long = nativeLoad(path)
@@ -31,4 +38,24 @@ class NativeRunner(path: String) : AutoCloseable {
         @JvmStatic private external fun nativeVerifyBundled(handle: Long, atol: Double, rtol: Double): String
         @JvmStatic private external fun nativeClose(handle: Long)
     }
+}
+
+/** The C++ runner behind the app's runner interface, so the picker can offer it next to the AAR. */
+class NativeExecuTorchRunner(path: String, option: RuntimeOption, private val manifest: Manifest) : SegmentationRunner {
+    private val runner: NativeRunner
+
+    init {
+        require(!manifest.output.isMask) { "the C++ runner returns float logits; this bundle's model ends in an argmax" }
+        runner = NativeRunner(path)
+    }
+
+    override val description: String =
+        "ExecuTorch C++ runner (libespnet_et_jni.so) · ${option.artifact.delegate} · ${option.artifact.precision.key} · ${option.artifact.file}"
+
+    override fun run(input: ModelInput): ModelOutput {
+        val floats = input.floats ?: throw IllegalArgumentException("the C++ runner takes float32 input")
+        return ModelOutput.logits(runner.run(floats, input.shape.toIntArray()))
+    }
+
+    override fun close() = runner.close()
 }

@@ -1,5 +1,10 @@
 package org.espnetmobile.core
 
+import org.json.JSONArray
+import org.json.JSONException
+import org.json.JSONObject
+import org.json.JSONTokener
+
 /**
  * The bundle manifest (`manifest.json`, schema version 1), parsed and checked.
  *
@@ -102,6 +107,63 @@ data class GoldenItem(
     val fullMask: FileRef?,
 )
 
+/**
+ * One row of the manifest's `accuracy` section: the PyTorch reference (target null) or one
+ * artifact on one runtime, scored against the dataset's labels. Figures are percentages (0-100);
+ * a class IoU is null when the class is in neither the labels nor the predictions, and mIoU and
+ * pixel accuracy are null when the run failed ([error] says why).
+ */
+data class AccuracyResult(
+    val artifact: String,
+    val sha256: String?,
+    val target: String?,
+    val precision: Precision,
+    val runtime: String,
+    val computeUnit: String?,
+    val miou: Double?,
+    val pixelAccuracy: Double?,
+    val classIou: Map<String, Double?>,
+    val agreementWithReference: Double?,
+    val images: Int,
+    val error: String?,
+) {
+    val isReference: Boolean get() = target == null
+}
+
+/** The manifest's `accuracy` section (written by python -m espnet_mobile.evaluate on the bundle). */
+data class ManifestAccuracy(
+    /** Dataset kind: camvid, cityscapes or voc. */
+    val dataset: String,
+    val datasetTitle: String?,
+    val split: String,
+    val images: Int,
+    val ignoreLabel: Int?,
+    /** The classes scored, in logit order. */
+    val classes: List<String>,
+    val date: String,
+    val toolVersions: Map<String, String>,
+    val results: List<AccuracyResult>,
+) {
+    val title: String get() = datasetTitle?.takeIf { it.isNotBlank() } ?: dataset
+
+    /** The PyTorch reference's row, if the section has one. */
+    val reference: AccuracyResult? get() = results.firstOrNull { it.isReference }
+
+    /** The rows measured for one artifact file (one per runtime it ran on). */
+    fun resultsFor(artifactFile: String): List<AccuracyResult> = results.filter { it.artifact == artifactFile }
+
+    /** mIoU of [result] minus the reference's, in points; null when either is unknown. */
+    fun miouDelta(result: AccuracyResult): Double? {
+        val ref = reference?.miou ?: return null
+        return result.miou?.let { it - ref }
+    }
+
+    companion object {
+        val DATASETS = listOf("camvid", "cityscapes", "voc")
+        const val REFERENCE_ARTIFACT = "pytorch-reference"
+    }
+}
+
 data class Manifest(
     val schemaVersion: Int,
     val modelId: String,
@@ -118,6 +180,8 @@ data class Manifest(
     val golden: List<GoldenItem>,
     /** precision -> threshold name -> limit, e.g. "fp32" -> {"min_pixel_agreement": 0.999}. */
     val thresholds: Map<String, Map<String, Double>>,
+    /** Accuracy measured against a labelled dataset when the bundle was made; null in older bundles. */
+    val accuracy: ManifestAccuracy? = null,
 ) {
     fun thresholdsFor(precision: Precision): Map<String, Double> = thresholds[precision.key] ?: emptyMap()
 
@@ -127,15 +191,19 @@ data class Manifest(
 
         private val TOP_LEVEL = setOf(
             "schema_version", "model_id", "created_by", "model", "input", "output", "labels", "palette",
-            "preprocessing", "postprocessing", "artifacts", "golden", "thresholds", "parity",
+            "preprocessing", "postprocessing", "artifacts", "golden", "thresholds", "parity", "accuracy",
         )
+        private val OPTIONAL_TOP_LEVEL = setOf("parity", "accuracy")
         private val SHA256 = Regex("^[0-9a-f]{64}$")
 
         /** Parse and check a manifest; [where] names it in error messages. */
         fun parse(text: String, where: String = FILE_NAME): Manifest {
             val root = try {
-                Json.parse(text)
-            } catch (e: JsonParseException) {
+                val tokens = JSONTokener(text)
+                tokens.nextValue().also {
+                    if (tokens.nextClean() != '\u0000') throw JSONException("text continues after the end of the JSON value")
+                }
+            } catch (e: JSONException) {
                 throw ManifestException("$where is not valid JSON (${e.message}); rebuild the bundle")
             }
             return ManifestReader(where).read(Node(root, ""))
@@ -143,54 +211,85 @@ data class Manifest(
 
         internal fun isSha256(s: String) = SHA256.matches(s)
         internal val topLevelKeys get() = TOP_LEVEL
+        internal val optionalTopLevelKeys get() = OPTIONAL_TOP_LEVEL
     }
 }
 
-/** A JSON value with its path, so that every check can say where it failed. */
-internal class Node(val value: JsonValue, val path: String) {
+/**
+ * A value of the parsed JSON tree (org.json: JSONObject, JSONArray, String, Boolean, a Number or
+ * JSONObject.NULL) with its path, so that every check can say where it failed.
+ */
+internal class Node(val value: Any?, val path: String) {
     fun fail(what: String): Nothing = throw ManifestError(path.ifEmpty { "(top level)" }, what)
 
-    fun obj(): JsonValue.Obj = value as? JsonValue.Obj ?: fail("must be an object, got ${value.typeName}")
+    fun obj(): JSONObject = value as? JSONObject ?: fail("must be an object, got ${typeName(value)}")
 
-    fun has(key: String): Boolean = obj().fields.containsKey(key)
+    fun keys(): List<String> = obj().keys().asSequence().toList()
+
+    fun has(key: String): Boolean = obj().has(key)
 
     fun field(key: String): Node {
-        val v = obj()[key] ?: throw ManifestError(path.ifEmpty { "(top level)" }, "is missing the required field \"$key\"")
-        return Node(v, child(key))
+        val o = obj()
+        if (!o.has(key)) throw ManifestError(path.ifEmpty { "(top level)" }, "is missing the required field \"$key\"")
+        return Node(o.opt(key), child(key))
     }
 
+    /** The field, or null when it is absent or JSON null. */
     fun optField(key: String): Node? {
-        val v = obj()[key] ?: return null
-        return if (v is JsonValue.Null) null else Node(v, child(key))
+        val o = obj()
+        if (!o.has(key) || o.isNull(key)) return null
+        return Node(o.opt(key), child(key))
     }
+
+    val isNull: Boolean get() = value == null || value == JSONObject.NULL
 
     private fun child(key: String) = if (path.isEmpty()) key else "$path/$key"
 
     fun items(): List<Node> {
-        val arr = value as? JsonValue.Arr ?: fail("must be an array, got ${value.typeName}")
-        return arr.items.mapIndexed { i, v -> Node(v, "$path/$i") }
+        val arr = value as? JSONArray ?: fail("must be an array, got ${typeName(value)}")
+        return (0 until arr.length()).map { Node(arr.opt(it), "$path/$it") }
     }
 
-    fun string(): String = (value as? JsonValue.Str)?.value ?: fail("must be a string, got ${value.typeName}")
+    fun string(): String = value as? String ?: fail("must be a string, got ${typeName(value)}")
 
     fun nonEmptyString(): String = string().also { if (it.isEmpty()) fail("must not be empty") }
 
-    fun bool(): Boolean = (value as? JsonValue.Bool)?.value ?: fail("must be true or false, got ${value.typeName}")
+    fun bool(): Boolean = value as? Boolean ?: fail("must be true or false, got ${typeName(value)}")
 
-    fun number(): Double = (value as? JsonValue.Num)?.value ?: fail("must be a number, got ${value.typeName}")
+    fun number(): Double {
+        val n = value as? Number ?: fail("must be a number, got ${typeName(value)}")
+        val d = n.toDouble()
+        if (d.isNaN() || d.isInfinite()) fail("must be a finite number, got $d")
+        return d
+    }
+
+    /** A number in [[min], [max]] (inclusive). */
+    fun number(min: Double, max: Double): Double =
+        number().also { if (it < min || it > max) fail("must be between ${fmt(min)} and ${fmt(max)}, got ${fmt(it)}") }
+
+    /** An integral number; JSON Schema counts 4.0 as an integer too. */
+    private fun integral(): Double {
+        val n = value as? Number ?: fail("must be an integer, got ${typeName(value)}")
+        val d = n.toDouble()
+        if (d != kotlin.math.floor(d) || d.isInfinite()) fail("must be an integer, got $n")
+        return d
+    }
 
     fun int(min: Int? = null): Int {
-        val n = value as? JsonValue.Num ?: fail("must be an integer, got ${value.typeName}")
-        if (!n.isInteger || n.value > Int.MAX_VALUE || n.value < Int.MIN_VALUE) fail("must be an integer, got ${n.value}")
-        val v = n.value.toInt()
+        val d = integral()
+        if (d > Int.MAX_VALUE || d < Int.MIN_VALUE) fail("must be an integer, got $d")
+        val v = d.toInt()
         if (min != null && v < min) fail("must be at least $min, got $v")
         return v
     }
 
     fun long(min: Long? = null): Long {
-        val n = value as? JsonValue.Num ?: fail("must be an integer, got ${value.typeName}")
-        if (!n.isInteger || kotlin.math.abs(n.value) > 9.007199254740992E15) fail("must be an integer, got ${n.value}")
-        val v = n.value.toLong()
+        val n = value
+        val v = if (n is Int || n is Long) (n as Number).toLong() else {
+            val d = integral()
+            if (kotlin.math.abs(d) > 9.007199254740992E15) fail("must be an integer, got $d")
+            d.toLong()
+        }
         if (min != null && v < min) fail("must be at least $min, got $v")
         return v
     }
@@ -212,6 +311,20 @@ internal class Node(val value: JsonValue, val path: String) {
         if (!Manifest.isSha256(s)) fail("must be 64 lowercase hex digits (a sha256), got \"$s\"")
         return s
     }
+
+    companion object {
+        fun typeName(v: Any?): String = when (v) {
+            null, JSONObject.NULL -> "null"
+            is Boolean -> "true/false"
+            is Number -> "a number"
+            is String -> "a string"
+            is JSONArray -> "an array"
+            is JSONObject -> "an object"
+            else -> v.javaClass.simpleName
+        }
+
+        private fun fmt(d: Double) = if (d == kotlin.math.floor(d) && kotlin.math.abs(d) < 1e15) d.toLong().toString() else d.toString()
+    }
 }
 
 internal class ManifestError(val path: String, val what: String) : Exception("$path $what")
@@ -224,16 +337,15 @@ private class ManifestReader(val where: String) {
     }
 
     private fun readChecked(root: Node): Manifest {
-        val top = root.obj()
         val version = root.field("schema_version").int()
         if (version != Manifest.SCHEMA_VERSION) {
             root.field("schema_version").fail(
                 "is $version but this app reads version ${Manifest.SCHEMA_VERSION}; use the app and bundle from the same release",
             )
         }
-        val unknown = top.fields.keys.filter { it !in Manifest.topLevelKeys }
+        val unknown = root.keys().filter { it !in Manifest.topLevelKeys }
         if (unknown.isNotEmpty()) root.fail("has unknown fields ${unknown.joinToString(", ") { "\"$it\"" }}")
-        for (key in Manifest.topLevelKeys - setOf("parity")) root.field(key)
+        for (key in Manifest.topLevelKeys - Manifest.optionalTopLevelKeys) root.field(key)
 
         val model = root.field("model")
         val numClasses = model.field("num_classes").int(min = 1)
@@ -278,6 +390,7 @@ private class ManifestReader(val where: String) {
             goldenSource = goldenSource,
             golden = items,
             thresholds = readThresholds(root.field("thresholds")),
+            accuracy = root.optField("accuracy")?.let { readAccuracy(it) },
         )
     }
 
@@ -390,13 +503,64 @@ private class ManifestReader(val where: String) {
         )
     }
 
+    private fun readAccuracy(node: Node): ManifestAccuracy {
+        val classesNode = node.field("classes")
+        val classes = classesNode.items().map { it.nonEmptyString() }
+        if (classes.isEmpty()) classesNode.fail("must not be empty")
+        val repeated = classes.groupBy { it }.filter { it.value.size > 1 }.keys
+        if (repeated.isNotEmpty()) classesNode.fail("repeats ${repeated.joinToString(", ")}")
+        val versions = node.field("tool_versions")
+        val results = node.field("results").items().map { readAccuracyResult(it, classes.toSet()) }
+        return ManifestAccuracy(
+            dataset = node.field("dataset").oneOf(ManifestAccuracy.DATASETS),
+            datasetTitle = node.optField("dataset_title")?.string(),
+            split = node.field("split").nonEmptyString(),
+            images = node.field("images").int(min = 1),
+            ignoreLabel = node.optField("ignore_label")?.int(),
+            classes = classes,
+            date = node.field("date").string(),
+            toolVersions = versions.keys().associateWith { versions.field(it).string() },
+            results = results,
+        )
+    }
+
+    private fun readAccuracyResult(node: Node, classes: Set<String>): AccuracyResult {
+        val iouNode = node.field("class_iou")
+        val classIou = LinkedHashMap<String, Double?>()
+        for (name in iouNode.keys()) {
+            val value = iouNode.field(name)
+            if (name !in classes) value.fail("is not one of the scored classes (accuracy/classes)")
+            classIou[name] = if (value.isNull) null else value.number(0.0, 100.0)
+        }
+        val target = node.field("target").let { if (it.isNull) null else it.nonEmptyString() }
+        val artifactNode = node.field("artifact")
+        val artifact = artifactNode.nonEmptyString()
+        if (target == null && artifact != ManifestAccuracy.REFERENCE_ARTIFACT) {
+            artifactNode.fail("has target null, which only the row \"${ManifestAccuracy.REFERENCE_ARTIFACT}\" may have")
+        }
+        return AccuracyResult(
+            artifact = artifact,
+            sha256 = node.optField("sha256")?.sha256(),
+            target = target,
+            precision = Precision.of(node.field("precision").oneOf(Precision.values().map { it.key }))!!,
+            runtime = node.field("runtime").nonEmptyString(),
+            computeUnit = node.optField("compute_unit")?.string(),
+            miou = node.field("miou").let { if (it.isNull) null else it.number(0.0, 100.0) },
+            pixelAccuracy = node.field("pixel_accuracy").let { if (it.isNull) null else it.number(0.0, 100.0) },
+            classIou = classIou,
+            agreementWithReference = node.optField("agreement_with_reference")?.number(0.0, 100.0),
+            images = node.field("images").int(min = 0),
+            error = node.optField("error")?.string(),
+        )
+    }
+
     private fun readThresholds(node: Node): Map<String, Map<String, Double>> {
         val out = LinkedHashMap<String, Map<String, Double>>()
-        for ((key, value) in node.obj().fields) {
-            if (value !is JsonValue.Obj) continue // e.g. a "description" string
+        for (key in node.keys()) {
+            val child = node.field(key)
+            if (child.value !is JSONObject) continue // e.g. a "description" string
             val limits = LinkedHashMap<String, Double>()
-            val child = Node(value, "${node.path}/$key")
-            for (name in value.fields.keys) limits[name] = child.field(name).number()
+            for (name in child.keys()) limits[name] = child.field(name).number()
             out[key] = limits
         }
         return out

@@ -188,4 +188,20 @@ class GoldenVectorsTest {
             assertEquals(m.golden.size, report.latenciesMs.size)
         }
     }
+
+    /** The accuracy section as the Python pipeline writes it, when the bundle has one (older bundles do not). */
+    @Test
+    fun theBundlesAccuracySectionReads() {
+        val m = bundle().manifest
+        val a = m.accuracy
+        if (a == null) {
+            println("accuracy section: none")
+            return
+        }
+        assertTrue(a.results.isNotEmpty(), "an accuracy section with no results")
+        for (r in a.results) assertTrue(r.classIou.keys.all { it in a.classes }, "${r.artifact}: class_iou names a class not scored")
+        val ref = a.reference
+        println(String.format(Locale.ROOT, "accuracy section: dataset=%s split=%s images=%d results=%d reference mIoU=%s",
+            a.dataset, a.split, a.images, a.results.size, ref?.miou?.let { String.format(Locale.ROOT, "%.4f", it) } ?: "-"))
+    }
 }

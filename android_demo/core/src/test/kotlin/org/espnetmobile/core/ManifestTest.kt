@@ -3,6 +3,8 @@ package org.espnetmobile.core
 import org.espnetmobile.core.TestSupport.ints
 import org.espnetmobile.core.TestSupport.manifestJson
 import org.espnetmobile.core.TestSupport.obj
+import org.json.JSONArray
+import org.json.JSONObject
 import org.junit.Test
 import java.io.File
 import java.nio.file.Files
@@ -28,6 +30,7 @@ class ManifestTest {
         assertEquals(Layout.NHWC, art.inputLayout)
         assertEquals(listOf(ComputeUnit.CPU, ComputeUnit.GPU), art.computeUnits)
         assertNull(art.notExecutableReason)
+        assertNull(m.accuracy, "no accuracy section in this manifest")
         val g = m.golden.single()
         assertEquals(10, g.imageHeight)
         assertEquals(12, g.imageWidth)
@@ -50,35 +53,35 @@ class ManifestTest {
     /** Each broken manifest must fail with a message that names the field and the problem. */
     @Test
     fun errorsNameTheFieldAndTheProblem() {
-        val cases: List<Pair<(JsonValue.Obj) -> Any?, List<String>>> = listOf(
-            { r: JsonValue.Obj -> r.fields.remove("labels") } to listOf("(top level)", "\"labels\""),
-            { r: JsonValue.Obj -> r.fields["schema_version"] = JsonValue.Num(2.0) } to listOf("schema_version", "is 2", "version 1"),
-            { r: JsonValue.Obj -> r.fields["extra"] = JsonValue.Null } to listOf("unknown fields", "\"extra\""),
-            { r: JsonValue.Obj -> obj(r, "input").fields["shape"] = ints(1, 3, 8) } to listOf("input/shape", "4 entries"),
-            { r: JsonValue.Obj -> obj(r, "input").fields["shape"] = ints(1, 4, 8, 8) } to listOf("input/shape", "3 colour channels"),
-            { r: JsonValue.Obj -> obj(r, "input").fields["layout"] = JsonValue.Str("CHW") } to listOf("input/layout", "NCHW, NHWC", "\"CHW\""),
-            { r: JsonValue.Obj -> obj(r, "input").fields["color_order"] = JsonValue.Str("BGR") } to listOf("input/color_order", "RGB"),
-            { r: JsonValue.Obj -> obj(r, "input").fields["normalization"] = JsonValue.Str("imagenet") } to listOf("input/normalization", "baked_in"),
-            { r: JsonValue.Obj -> obj(r, "input").fields["value_range"] = JsonValue.Arr(listOf(JsonValue.Num(1.0), JsonValue.Num(0.0))) } to
+        val cases: List<Pair<(JSONObject) -> Any?, List<String>>> = listOf(
+            { r: JSONObject -> r.remove("labels") } to listOf("(top level)", "\"labels\""),
+            { r: JSONObject -> r.put("schema_version", 2) } to listOf("schema_version", "is 2", "version 1"),
+            { r: JSONObject -> r.put("extra", JSONObject.NULL) } to listOf("unknown fields", "\"extra\""),
+            { r: JSONObject -> obj(r, "input").put("shape", ints(1, 3, 8)) } to listOf("input/shape", "4 entries"),
+            { r: JSONObject -> obj(r, "input").put("shape", ints(1, 4, 8, 8)) } to listOf("input/shape", "3 colour channels"),
+            { r: JSONObject -> obj(r, "input").put("layout", "CHW") } to listOf("input/layout", "NCHW, NHWC", "\"CHW\""),
+            { r: JSONObject -> obj(r, "input").put("color_order", "BGR") } to listOf("input/color_order", "RGB"),
+            { r: JSONObject -> obj(r, "input").put("normalization", "imagenet") } to listOf("input/normalization", "baked_in"),
+            { r: JSONObject -> obj(r, "input").put("value_range", JSONArray(listOf(1.0, 0.0))) } to
                 listOf("input/value_range", "low < high"),
-            { r: JsonValue.Obj -> obj(r, "model").fields["num_classes"] = JsonValue.Num(2.5) } to listOf("model/num_classes", "integer"),
-            { r: JsonValue.Obj -> obj(r, "model").fields["num_classes"] = JsonValue.Num(4.0) } to listOf("output/shape", "4"),
-            { r: JsonValue.Obj -> obj(r, "output").fields["shape"] = ints(1, 3, 8, 8, 1) } to listOf("output/shape", "[1, classes, height, width]"),
-            { r: JsonValue.Obj -> (r.fields["labels"] as JsonValue.Arr).let { r.fields["labels"] = JsonValue.Arr(it.items.dropLast(1)) } } to
+            { r: JSONObject -> obj(r, "model").put("num_classes", 2.5) } to listOf("model/num_classes", "integer"),
+            { r: JSONObject -> obj(r, "model").put("num_classes", 4.0) } to listOf("output/shape", "4"),
+            { r: JSONObject -> obj(r, "output").put("shape", ints(1, 3, 8, 8, 1)) } to listOf("output/shape", "[1, classes, height, width]"),
+            { r: JSONObject -> r.getJSONArray("labels").remove(2) } to
                 listOf("labels", "2 names", "num_classes is 3"),
-            { r: JsonValue.Obj -> r.fields["palette"] = JsonValue.Arr(listOf(ints(0, 0, 0), ints(1, 1, 1), ints(300, 0, 0))) } to
+            { r: JSONObject -> r.put("palette", JSONArray(listOf(ints(0, 0, 0), ints(1, 1, 1), ints(300, 0, 0)))) } to
                 listOf("palette/2", "0-255"),
-            { r: JsonValue.Obj -> obj(r, "artifacts/0").fields["sha256"] = JsonValue.Str("abc") } to listOf("artifacts/0/sha256", "sha256"),
-            { r: JsonValue.Obj -> obj(r, "artifacts/0").fields["file"] = JsonValue.Str("../x.pte") } to listOf("artifacts/0/file", "bare file name"),
-            { r: JsonValue.Obj -> obj(r, "artifacts/0").fields["target"] = JsonValue.Str("onnx") } to listOf("artifacts/0/target", "executorch, coreml, tflite"),
-            { r: JsonValue.Obj -> obj(r, "artifacts/0").fields["precision"] = JsonValue.Str("int4") } to listOf("artifacts/0/precision", "fp32, fp16, int8"),
-            { r: JsonValue.Obj -> obj(r, "artifacts/0").fields.remove("input_layout") } to listOf("artifacts/0", "\"input_layout\""),
-            { r: JsonValue.Obj -> obj(r, "golden/items/0/input").fields["shape"] = ints(1, 3, 4, 4) } to listOf("golden/items/0/input/shape", "[1, 3, 8, 8]"),
-            { r: JsonValue.Obj -> obj(r, "golden/items/0/logits").fields["dtype"] = JsonValue.Str("int8") } to listOf("golden/items/0/logits/dtype", "float16, float32"),
-            { r: JsonValue.Obj -> obj(r, "golden/items/0/mask").fields["shape"] = ints(1, 8, 9) } to listOf("golden/items/0/mask/shape", "[1, 8, 8]"),
-            { r: JsonValue.Obj -> obj(r, "golden/items/0/mask").fields["byte_order"] = JsonValue.Str("big") } to listOf("golden/items/0/mask/byte_order", "little"),
-            { r: JsonValue.Obj -> obj(r, "golden/items/0").fields["image_size"] = ints(0, 5) } to listOf("golden/items/0/image_size/0", "at least 1"),
-            { r: JsonValue.Obj -> obj(r, "thresholds/fp32").fields["min_pixel_agreement"] = JsonValue.Str("high") } to
+            { r: JSONObject -> obj(r, "artifacts/0").put("sha256", "abc") } to listOf("artifacts/0/sha256", "sha256"),
+            { r: JSONObject -> obj(r, "artifacts/0").put("file", "../x.pte") } to listOf("artifacts/0/file", "bare file name"),
+            { r: JSONObject -> obj(r, "artifacts/0").put("target", "onnx") } to listOf("artifacts/0/target", "executorch, coreml, tflite"),
+            { r: JSONObject -> obj(r, "artifacts/0").put("precision", "int4") } to listOf("artifacts/0/precision", "fp32, fp16, int8"),
+            { r: JSONObject -> obj(r, "artifacts/0").remove("input_layout") } to listOf("artifacts/0", "\"input_layout\""),
+            { r: JSONObject -> obj(r, "golden/items/0/input").put("shape", ints(1, 3, 4, 4)) } to listOf("golden/items/0/input/shape", "[1, 3, 8, 8]"),
+            { r: JSONObject -> obj(r, "golden/items/0/logits").put("dtype", "int8") } to listOf("golden/items/0/logits/dtype", "float16, float32"),
+            { r: JSONObject -> obj(r, "golden/items/0/mask").put("shape", ints(1, 8, 9)) } to listOf("golden/items/0/mask/shape", "[1, 8, 8]"),
+            { r: JSONObject -> obj(r, "golden/items/0/mask").put("byte_order", "big") } to listOf("golden/items/0/mask/byte_order", "little"),
+            { r: JSONObject -> obj(r, "golden/items/0").put("image_size", ints(0, 5)) } to listOf("golden/items/0/image_size/0", "at least 1"),
+            { r: JSONObject -> obj(r, "thresholds/fp32").put("min_pixel_agreement", "high") } to
                 listOf("thresholds/fp32/min_pixel_agreement", "number"),
         )
         for ((i, case) in cases.withIndex()) {
@@ -94,7 +97,11 @@ class ManifestTest {
     @Test
     fun invalidJsonIsReportedAsSuch() {
         val e = assertFailsWith<ManifestException> { Manifest.parse("{\"schema_version\": 1,", "m.json") }
-        assertTrue(e.message!!.startsWith("m.json is not valid JSON (invalid JSON at line 1"), e.message)
+        assertTrue(e.message!!.startsWith("m.json is not valid JSON ("), e.message)
+        val trailing = assertFailsWith<ManifestException> { Manifest.parse(manifestJson() + " x", "m.json") }
+        assertTrue(trailing.message!!.contains("continues after the end"), trailing.message)
+        val notAnObject = assertFailsWith<ManifestException> { Manifest.parse("[1, 2]", "m.json") }
+        assertTrue(notAnObject.message!!.contains("(top level) must be an object, got an array"), notAnObject.message)
     }
 
     @Test
@@ -119,8 +126,8 @@ class ManifestTest {
 
     @Test
     fun maskHeadOutputIsAccepted() {
-        val m = Manifest.parse(manifestJson { r -> r.fields["output"] = Json.parse(
-            """{"name": "mask", "shape": [1, 8, 8], "layout": "NCHW", "dtype": "int32", "meaning": "argmax"}""") })
+        val m = Manifest.parse(manifestJson { r -> r.put("output", JSONObject(
+            """{"name": "mask", "shape": [1, 8, 8], "layout": "NCHW", "dtype": "int32", "meaning": "argmax"}""")) })
         assertTrue(m.output.isMask)
         assertEquals(8, m.output.height)
     }

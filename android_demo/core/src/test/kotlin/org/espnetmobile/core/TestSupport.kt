@@ -5,6 +5,8 @@ import java.awt.image.IndexColorModel
 import java.io.ByteArrayInputStream
 import java.io.File
 import javax.imageio.ImageIO
+import org.json.JSONArray
+import org.json.JSONObject
 
 /** Helpers for the JVM tests only: javax.imageio stays out of the core. */
 object TestSupport {
@@ -68,7 +70,7 @@ object TestSupport {
      * A small valid manifest: [numClasses] classes, input 1x3x[h]x[w], one golden item, one artifact.
      * Tests change one field at a time through [mutate].
      */
-    fun manifestJson(numClasses: Int = 3, h: Int = 8, w: Int = 8, mutate: (JsonValue.Obj) -> Unit = {}): String {
+    fun manifestJson(numClasses: Int = 3, h: Int = 8, w: Int = 8, mutate: (JSONObject) -> Unit = {}): String {
         val sha = "0".repeat(64)
         val labels = (0 until numClasses).joinToString(",") { "\"class$it\"" }
         val palette = (0 until numClasses).joinToString(",") { "[${it * 10},${it * 20},${it * 30}]" }
@@ -100,23 +102,56 @@ object TestSupport {
           "parity": null
         }
         """.trimIndent()
-        val root = Json.parse(text) as JsonValue.Obj
+        val root = JSONObject(text)
         mutate(root)
         return root.toString()
     }
 
     /** Field [path] ("a/b/0/c") of a parsed manifest, as an object. */
-    fun obj(root: JsonValue.Obj, path: String): JsonValue.Obj {
-        var v: JsonValue = root
+    fun obj(root: JSONObject, path: String): JSONObject {
+        var v: Any = root
         for (part in path.split('/').filter { it.isNotEmpty() }) {
             v = when (v) {
-                is JsonValue.Obj -> v[part]!!
-                is JsonValue.Arr -> v.items[part.toInt()]
+                is JSONObject -> v.get(part)
+                is JSONArray -> v.get(part.toInt())
                 else -> error("cannot descend into $v")
             }
         }
-        return v as JsonValue.Obj
+        return v as JSONObject
     }
 
-    fun ints(vararg v: Int) = JsonValue.Arr(v.map { JsonValue.Num(it.toDouble()) })
+    fun ints(vararg v: Int) = JSONArray().apply { v.forEach { put(it) } }
+
+    /**
+     * An `accuracy` section shaped as python -m espnet_mobile.evaluate writes it: the reference and
+     * two artifacts on [classes] (one class_iou null: the class is in neither labels nor predictions).
+     */
+    fun accuracyJson(classes: List<String> = listOf("class0", "class1", "class2")): JSONObject {
+        val iou = { a: Double, b: Double? -> JSONObject().apply {
+            put(classes[0], a)
+            put(classes[1], b ?: JSONObject.NULL)
+            for (c in classes.drop(2)) put(c, 50.0)
+        } }
+        return JSONObject("""
+        {
+          "dataset": "camvid",
+          "dataset_title": "CamVid (SegNet split)",
+          "split": "val",
+          "images": 101,
+          "ignore_label": 255,
+          "classes": ${JSONArray(classes)},
+          "date": "2026-12-05T10:00:00Z",
+          "tool_versions": {"espnet_mobile": "0.1.0", "torch": "2.13.0", "ai_edge_litert": "2.1.0"},
+          "results": [
+            {"artifact": "pytorch-reference", "target": null, "precision": "fp32", "runtime": "pytorch",
+             "miou": 70.12, "pixel_accuracy": 91.5, "class_iou": ${iou(90.1, null)}, "images": 101},
+            {"artifact": "m_tflite_fp32.tflite", "target": "tflite", "precision": "fp32", "runtime": "litert-cpu",
+             "miou": 70.1, "pixel_accuracy": 91.49, "class_iou": ${iou(90.0, null)}, "images": 101,
+             "sha256": "${"0".repeat(64)}", "compute_unit": "cpu", "agreement_with_reference": 99.9, "seconds": 12.5},
+            {"artifact": "m_tflite_int8.tflite", "target": "tflite", "precision": "int8", "runtime": "litert-cpu",
+             "miou": 69.3, "pixel_accuracy": 91.1, "class_iou": ${iou(89.0, 12.5)}, "images": 101, "error": null}
+          ]
+        }
+        """.trimIndent())
+    }
 }

@@ -2,7 +2,8 @@ import ExecuTorch
 import Foundation
 import SegmentationKit
 
-/// A .pte through ExecuTorch's Swift API (package github.com/pytorch/executorch, branch swiftpm-<version>).
+/// A .pte through ExecuTorch's Swift API (package github.com/pytorch/executorch, branch swiftpm-<version>,
+/// pinned in ../../Package.swift).
 /// The delegate (XNNPACK on the CPU, Core ML on CPU/GPU/Neural Engine) was chosen when the .pte was
 /// exported; the app links the backends in Package.swift and needs the `-all_load` linker flag so that
 /// they register. The Swift API is marked experimental by ExecuTorch: check it when bumping the version.
@@ -13,9 +14,17 @@ public final class ExecuTorchRunner: SegmentationRunner {
 
     public init(path: String, artifact: Artifact, manifest: Manifest) throws {
         module = Module(filePath: path)
-        try module.load("forward")
+        do {
+            try module.load("forward")
+        } catch {
+            throw BundleError("ExecuTorch could not load \(artifact.file) (\(error)); the app's ExecuTorch package may be older " +
+                "than the exporter that wrote it (see SegmentationRuntimes/Package.swift)")
+        }
         isMask = manifest.output.isMask
-        description = "ExecuTorch \(artifact.delegate) (\(artifact.precision.rawValue))"
+        // What the program really delegates to, as the runtime reports it (e.g. XnnpackBackend, CoreMLBackend).
+        let backends = (try? module.methodMetadata("forward").backendNames) ?? []
+        let delegates = backends.isEmpty ? "portable CPU kernels (no delegate)" : backends.joined(separator: " + ")
+        description = "ExecuTorch · \(delegates) · \(artifact.precision.rawValue) · \(artifact.file)"
     }
 
     public func run(_ input: ModelInput) throws -> ModelOutput {

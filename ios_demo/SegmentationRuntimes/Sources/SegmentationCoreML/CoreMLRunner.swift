@@ -1,5 +1,6 @@
 #if canImport(CoreML)
 import CoreML
+import SegmentationKit
 import Foundation
 
 /// The Core ML compute-unit choices the app offers, and what each allows.
