@@ -16,6 +16,7 @@ COMMANDS = {
     "bench": ("espnet_mobile.bench", "latency and size of a bundle's artifacts against PyTorch eager"),
     "package": ("espnet_mobile.package", "verify a bundle and write the zip an app embeds"),
     "qat": ("espnet_mobile.qat", "quantization-aware fine-tuning for one backend"),
+    "sensitivity": ("espnet_mobile.sensitivity", "rank layers by the accuracy int8 loses in each"),
 }
 
 

@@ -573,3 +573,86 @@ def test_int8_from_qat_module(net, example, eval_images, tmp_path):
     for x in eval_images[:2]:
         out = tflite.run_tflite(result.path, x.numpy())
         assert (out.argmax(1) == _eager(net, x).argmax(1)).mean() >= 0.95
+
+
+class FanOutConcatNet(nn.Module):
+    """ESPNet's reinforced skip in small: one concat read by a strided conv and by a later concat.
+
+    The concat's second input has the wider range, so an observer of the concat's output
+    and one of its first input give different scales.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(6)
+            self.stem = _ConvBNPReLU(3, 8, 3, stride=2)  # 32x32
+            self.small = nn.Conv2d(8, 4, 1)
+            self.large = nn.Conv2d(8, 4, 1)
+            self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)  # 16x16: the converter adds a PAD
+            self.up = nn.ConvTranspose2d(8, 8, 2, stride=2)  # back to 32x32
+            self.head = nn.Conv2d(16, NUM_CLASSES, 1)
+        with torch.no_grad():
+            self.large.weight.mul_(4.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        merged = torch.cat([self.small(x), self.large(x)], dim=1)
+        y = self.up(self.down(merged))
+        return self.head(torch.cat([y, merged], dim=1))
+
+
+def test_quantizer_gives_each_concat_one_observer_for_all_its_consumers(example):
+    """Every consumer of a concat reads one observed tensor (none reads it in float).
+
+    Before: no concat was annotated (the stock annotator looks for source partitions,
+    which a non-strict export does not record), the strided conv observed the concat
+    on its own edge and the second concat read it in float.
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    net = FanOutConcatNet().eval()
+    gm = prepare_pt2e(torch.export.export(net, (example,), strict=False).module(), tflite.get_quantizer())
+    for x in _images(2, seed=5):
+        gm(x)
+    cats = [n for n in gm.graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.cat.default]
+    assert len(cats) == 2
+    for cat in cats:
+        users = list(cat.users)
+        assert users and all(u.op == "call_module" for u in users), (cat.name, [u.name for u in users])
+        assert len({id(getattr(gm, u.target)) for u in users}) == 1, cat.name
+    first = cats[0]
+    assert len(next(iter(first.users)).users) == 2  # the strided conv and the second concat
+
+
+def test_int8_concat_read_by_strided_conv_and_concat_converts(eval_images, tmp_path):
+    """Regression: "'tfl.pad' op quantization parameters violate the same scale constraint" (~3 s)."""
+    net = FanOutConcatNet().eval()
+    result = tflite.convert(_request(net, eval_images[0], "int8", tmp_path / "fanout.tflite",
+                                     calibration=_images(8, seed=3)))
+    assert result.report["float_ops"] == {}
+    assert result.report["ops"]["PAD"] >= 1 and result.report["ops"]["CONCATENATION"] == 2
+    agree = np.mean([(tflite.run_tflite(result.path, x.numpy()).argmax(1) == _eager(net, x).argmax(1)).mean()
+                     for x in eval_images])
+    assert agree >= 0.95, agree
+
+
+@pytest.mark.slow  # ~45 s: the real ESPNet graph at 176x240
+def test_int8_espnet_camvid_with_reinforced_skip_converts(weights_dir, datasets_dir, tmp_path):
+    """The authors' CamVid ESPNet (its decoder reads the reinforced level-1 concat) converts to int8."""
+    import espnet_mobile as em
+    from espnet_mobile.convert import calibration_inputs
+    from espnet_mobile.deploy import make_deployable
+    from tests.conftest import checkpoint_path
+
+    model_id, h, w = "espnet_p_2_q_8_camvid", 176, 240
+    model = em.create_model(model_id, weights=checkpoint_path(weights_dir, model_id))
+    deployable = make_deployable(model, model_id, height=h, width=w)
+    frames = sorted((datasets_dir / "camvid" / "train").glob("*.png"))[:8]
+    calibration, _ = calibration_inputs(frames, h, w)  # each frame and its mirror image
+    result = tflite.convert(_request(deployable, calibration[0].reshape(1, 3, h, w), "int8",
+                                     tmp_path / "camvid.tflite", calibration=calibration))
+    assert result.report["ops"]["PAD"] >= 1
+    x = calibration[1].reshape(1, 3, h, w)
+    agree = (tflite.run_tflite(result.path, x.numpy()).argmax(1) == _eager(deployable, x).argmax(1)).mean()
+    assert agree >= 0.9, agree

@@ -46,6 +46,7 @@ def _quantizer_class() -> type:
     conv_transpose = {t for t in (_aten("conv_transpose2d", "input"),) if t is not None}
     binary_arith = {t for t in (_aten("add", "Tensor"), _aten("sub", "Tensor"), _aten("mul", "Tensor"))
                     if t is not None}
+    concat = _aten("cat")
 
     def annotated(node: torch.fx.Node) -> bool:
         return key in node.meta and node.meta[key]._annotated
@@ -68,6 +69,7 @@ def _quantizer_class() -> type:
           so every op has an int8 kernel (and all but AVERAGE_POOL_2D an XNNPACK one);
         * shared constants get one node per user (else the stock conv annotator skips the
           second conv that reads a weight); every add/sub/mul is annotated by its target;
+        * every ``cat`` by its target, with one output observer (:meth:`_annotate_cat`);
         * ``conv_transpose2d``: activations (the converter quantizes its weight per channel);
         * one observer for the input and output of every single-input data-movement op
           whose TFLite kernel needs equal scales (reshape, transpose, permute, pad,
@@ -109,6 +111,7 @@ def _quantizer_class() -> type:
                 self._annotate_conv_bn_qat(model, cfg)
             self._annotate_prelu_parts(model, cfg)
             self._annotate_binary_arith(model, cfg)
+            self._annotate_cat(model, cfg)
             self._annotate_conv_transpose(model, cfg)
             model = self._annotate_for_static_quantization_config(model)
             self._propagate_same_scale(model, cfg)
@@ -182,6 +185,30 @@ def _quantizer_class() -> type:
                     continue
                 node.meta[key] = QuantizationAnnotation(
                     input_qspec_map=inputs, output_qspec=act, _annotated=True)
+
+        @staticmethod
+        def _annotate_cat(model: torch.fx.GraphModule, cfg: Any) -> None:
+            # By target: the stock cat annotator finds concats through source partitions,
+            # which ``torch.export(strict=False)`` does not record, so it annotated none and
+            # each concat output was observed only on the edges of consumers that have input
+            # observers. When one consumer is quantized (a stride-2 conv, whose padding the
+            # converter turns into a PAD) and another reads the float output (a second concat,
+            # ESPNet's decoder skip), the converter derives the concat's scale from its first
+            # input for the float edge and meets the conv's input scale at the PAD: "'tfl.pad'
+            # op quantization parameters violate the same scale constraint". One output
+            # observer per concat gives every consumer the same int8 tensor. The inputs keep
+            # their producers' observers (the converter requantizes them into the concat's
+            # scale, as it did before), so a concat with a single consumer quantizes as before.
+            act = lqu.get_output_act_qspec(cfg)
+            for node in model.graph.nodes:
+                if node.op != "call_function" or node.target != concat or annotated(node):
+                    continue
+                inputs = [a for a in node.args[0] if isinstance(a, torch.fx.Node)]
+                if not inputs:
+                    continue
+                node.meta[key] = QuantizationAnnotation(
+                    input_qspec_map={a: input_spec(cfg, a) for a in inputs}, output_qspec=act,
+                    _annotated=True)
 
         @staticmethod
         def _annotate_conv_transpose(model: torch.fx.GraphModule, cfg: Any) -> None:

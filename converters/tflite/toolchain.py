@@ -15,8 +15,8 @@ from converters.base import (
 #: ``espnet_mobile.convert`` rebuilds cached artifacts (2: shared quantization vectors;
 #: 3: high-gain convs and their PReLUs in float; 4: int8 PReLU slopes tiled along the width;
 #: 5: int8 BatchNorm affines folded into the conv ahead of a resize or pool; 6: float PReLUs
-#: as one PRELU op, those files CPU-only).
-WRITER_VERSION = 6
+#: as one PRELU op, those files CPU-only; 7: one output observer per concat).
+WRITER_VERSION = 7
 
 TARGET = "tflite"
 INSTALL_HINT = "pip install litert-torch==0.10.0"

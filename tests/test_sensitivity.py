@@ -1,0 +1,115 @@
+"""Per-layer int8 sensitivity scan: the float bypass is exact, and the scan finds the layer that hurts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from espnet_mobile import sensitivity as S
+
+pytest.importorskip("executorch")
+pytest.importorskip("torchao")
+
+
+class OutlierNet(nn.Module):
+    """Three convs; the middle one writes one channel ~40x larger than the others.
+
+    Its weight gain stays under the converter's automatic float threshold (100).
+
+    Per-tensor int8 on its output leaves the seven small channels a few levels, so
+    that layer is where the error comes from.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(3)
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.middle = nn.Conv2d(8, 8, 3, padding=1)
+            self.head = nn.Conv2d(8, 5, 1)
+        with torch.no_grad():
+            self.middle.weight[0].mul_(40.0)
+            self.middle.bias[0] = 0.0
+            self.head.weight[:, 0].div_(40.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.middle(torch.relu(self.stem(x)))))
+
+
+def _inputs(n: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(1, 3, 16, 16, generator=g) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    net = OutlierNet().eval()
+    gm, info = S.quantized_graph(net, "xnnpack", _inputs(8, seed=1))
+    return net, gm, info
+
+
+def test_layers_and_their_share_of_the_macs(quantized):
+    _, gm, _ = quantized
+    layers = S.conv_layers(gm)
+    assert [layer.module for layer in layers] == ["stem", "middle", "head"]
+    assert [layer.macs for layer in layers] == [16 * 16 * 8 * 27, 16 * 16 * 8 * 72, 16 * 16 * 5 * 8]
+    assert sum(layer.share for layer in layers) == pytest.approx(1.0)
+
+
+def test_every_layer_in_float_is_the_float_model_on_the_int8_input(quantized):
+    """With each layer in float, only the input's quantization is left."""
+    net, gm, _ = quantized
+    x = _inputs(1, seed=2)[0]
+    with torch.no_grad():
+        assert (gm(x) - net(x)).abs().max() > 1e-3  # int8 is not float
+        for layer in S.conv_layers(gm):
+            gm = S.with_layer_in_float(gm, layer.node)
+        (q,) = [n for n in gm.graph.nodes if S._is_quantize(n)]
+        assert q.args[0].op == "placeholder"
+        scale, zero_point, qmin, qmax = q.args[1:5]
+        x_int8 = torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero_point), int(qmin), int(qmax))
+        torch.testing.assert_close(gm(x), net(x_int8), rtol=1e-5, atol=1e-5)
+
+
+def test_variant_leaves_the_source_graph_alone(quantized):
+    _, gm, _ = quantized
+    before = gm.code
+    S.with_layer_in_float(gm, S.conv_layers(gm)[1].node)
+    assert gm.code == before
+
+
+def test_scan_ranks_the_outlier_layer_first(quantized):
+    net, gm, _ = quantized
+    scorer = S.Scorer(_inputs(6, seed=4), [None] * 6, 5, list(range(5)), net)
+    base, rows = S.scan(gm, S.conv_layers(gm), scorer, rank="miou")  # no labels: by agreement
+    assert base.miou is None and base.agreement < 100.0
+    assert rows[0].module == "middle", rows
+    assert rows[0].agreement_recovered > 0 and rows[0].agreement_recovered >= rows[-1].agreement_recovered
+
+
+@pytest.mark.slow  # 20-70 s: the real ESPNet quantized and scored three times
+def test_main_on_camvid_frames(weights_dir, datasets_dir, tmp_path, capsys):
+    """The command end to end on 2 CamVid frames at 64x96, three layers."""
+    out = tmp_path / "scan.json"
+    layers = ["body.encoder.level1.conv", "body.encoder.level3.7.d16.conv", "body.classifier"]
+    code = S.main(["--model", "espnet_p_2_q_8_camvid", "--data", f"camvid:{datasets_dir / 'camvid'}",
+                   "--limit", "2", "--calibration-limit", "2", "--input-size", "64x96",
+                   "--layers", *layers, "--json", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["images"] == 2 and result["calibration_inputs"] == 4 and result["rank"] == "miou"
+    assert sorted(r["module"] for r in result["rows"]) == sorted(layers)
+    assert result["fp32"]["agreement"] == 100.0 and result["fp32"]["miou"] is not None
+    recovered = [r["miou_recovered"] for r in result["rows"]]
+    assert recovered == sorted(recovered, reverse=True)
+    assert "body.encoder.level1.conv" in capsys.readouterr().out
+
+
+def test_bad_arguments_exit_2(tmp_path):
+    with pytest.raises(SystemExit) as err:
+        S.main(["--model", "espnet_p_2_q_8_camvid", "--data", str(tmp_path), "--backend", "qnn"])
+    assert err.value.code == 2
+    assert S.main(["--model", "espnet_p_2_q_8_camvid", "--data", f"camvid:{tmp_path / 'missing'}"]) == 2
