@@ -123,6 +123,75 @@ def atomic_output(final_path: Path) -> Iterator[Path]:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- reproducible Core ML packages
+
+
+def stable_mlpackage_ids(package: Path) -> None:
+    """Give an ``.mlpackage`` the same item identifiers every time it is written with the same content.
+
+    coremltools' package writer names each item (spec, weights) by a random UUID in
+    ``Manifest.json``, so two conversions of one model differ in bytes. Each identifier becomes
+    a UUID derived from the item's path and content; the package means the same to Core ML.
+    """
+    import hashlib
+    import json
+    import uuid
+
+    manifest_path = Path(package) / "Manifest.json"
+    if not manifest_path.is_file():
+        return
+    manifest = json.loads(manifest_path.read_text())
+    renamed = {}
+    for old, item in manifest.get("itemInfoEntries", {}).items():
+        digest = hashlib.sha256(item.get("path", "").encode())
+        item_path = Path(package) / "Data" / item.get("path", "")
+        for f in sorted(p for p in ([item_path] if item_path.is_file() else item_path.rglob("*")) if p.is_file()):
+            digest.update(f.read_bytes())
+        renamed[old] = str(uuid.UUID(bytes=digest.digest()[:16], version=4)).upper()
+    manifest["itemInfoEntries"] = {renamed[k]: v for k, v in manifest["itemInfoEntries"].items()}
+    if manifest.get("rootModelIdentifier") in renamed:
+        manifest["rootModelIdentifier"] = renamed[manifest["rootModelIdentifier"]]
+    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True))
+
+
+@contextlib.contextmanager
+def stable_coreml_identifiers(seed: bytes) -> Iterator[None]:
+    """While lowering to ExecuTorch's Core ML delegate: model identifiers from ``seed``, packages via
+    :func:`stable_mlpackage_ids`, so the ``.pte`` has the same bytes for the same model."""
+    import hashlib
+    import uuid
+
+    import coremltools as ct
+    from executorch.backends.apple.coreml.compiler import coreml_preprocess
+
+    calls = [0]
+
+    def seeded_uuid4() -> uuid.UUID:
+        calls[0] += 1
+        digest = hashlib.sha256(seed + calls[0].to_bytes(4, "little")).digest()
+        return uuid.UUID(bytes=digest[:16], version=4)
+
+    class _SeededUUID:
+        def __getattr__(self, name: str) -> Any:
+            return seeded_uuid4 if name == "uuid4" else getattr(uuid, name)
+
+    original_save = ct.models.MLModel.save
+
+    def save(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        result = original_save(self, path, *args, **kwargs)
+        stable_mlpackage_ids(Path(path))
+        return result
+
+    saved_uuid = coreml_preprocess.uuid
+    coreml_preprocess.uuid = _SeededUUID()
+    ct.models.MLModel.save = save
+    try:
+        yield
+    finally:
+        coreml_preprocess.uuid = saved_uuid
+        ct.models.MLModel.save = original_save
+
+
 # --------------------------------------------------------------------------- runtimes
 
 Runner = Callable[[np.ndarray], np.ndarray]

@@ -453,3 +453,25 @@ def test_real_model_int8_calibrated_on_photos(weights_dir, images_dir, tmp_path:
         "reshape", "mul", "reduce_mean", "sigmoid", "cast", "quantize", "dequantize",
         "constexpr_affine_dequantize",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("target, delegate, precision, ext", [("coreml", "coreml", "fp32", "mlpackage"),
+                                                              ("executorch", "coreml", "fp16", "pte")])
+def test_same_model_gives_the_same_bytes(tmp_path: Path, target: str, delegate: str, precision: str,
+                                         ext: str) -> None:
+    """coremltools names package items and ExecuTorch names delegate models by random UUIDs; ours are derived."""
+    import converters
+    from espnet_mobile.files import sha256_path
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.rand(1, 3, 16, 16)
+    shas = []
+    for i in range(2):
+        out = tmp_path / str(i) / f"m.{ext}"
+        converters.backend(target).convert(ConversionRequest(net, x, precision, out, options={"delegate": delegate}))
+        shas.append(sha256_path(out))
+    assert shas[0] == shas[1]
+    other = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()  # other weights
+    out = tmp_path / "other" / f"m.{ext}"
+    converters.backend(target).convert(ConversionRequest(other, x, precision, out, options={"delegate": delegate}))
+    assert sha256_path(out) != shas[0]

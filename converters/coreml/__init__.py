@@ -60,6 +60,7 @@ BACKEND = Backend(
     name="coreml", extension="mlpackage",
     delegates={"coreml": ("fp32", "fp16", "int8")},
     convert=convert, tool_versions=_versions,
+    writer_version=2,  # 2: package item identifiers derived from their content (reproducible bytes)
     quantizer=lambda qat: coreml_quantizer(is_qat=qat), simulate_int8=_simulate_int8, qat_name="coreml",
     runtimes=_runtimes, debugger="converters.coreml.debugger",
 )

@@ -15,6 +15,7 @@ from converters.base import (
     ConversionRequest,
     ConversionResult,
     atomic_output,
+    stable_mlpackage_ids,
 )
 from converters.coreml.mil import exported_op_counts, mil_op_counts
 from converters.coreml.quantize import coreml_quantizer, quantize_pt2e
@@ -174,6 +175,7 @@ def convert(req: ConversionRequest) -> ConversionResult:
 
     with atomic_output(out_path) as tmp:
         ml.save(str(tmp))
+        stable_mlpackage_ids(tmp)
         # Read it back as a device would receive it; prediction is not possible off Apple hosts.
         try:
             spec = ct.models.MLModel(str(tmp), skip_model_load=True).get_spec()

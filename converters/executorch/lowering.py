@@ -16,6 +16,7 @@ import torch
 from converters.base import (
     DEFAULT_MAX_WEIGHT_GAIN,
     ConversionError,
+    stable_coreml_identifiers,
 )
 from converters.executorch.quantize import _coreml_quantizer, quantize_pt2e
 from converters.executorch.toolchain import (
@@ -345,7 +346,9 @@ def lower(
     t0 = time.perf_counter()
     try:
         xnnpack = delegate == "xnnpack"
-        with _capture_rejections(loggers) as rejections, _short_constant_keys(xnnpack) as keys:
+        stable_ids = stable_coreml_identifiers(_program_digest(exported)) if delegate == "coreml" \
+            else contextlib.nullcontext()
+        with _capture_rejections(loggers) as rejections, _short_constant_keys(xnnpack) as keys, stable_ids:
             edge = to_edge_transform_and_lower(exported, partitioner=[partitioner])
         # Count before to_executorch(): it rewrites the edge graph in place (out variants, allocs).
         delegation = delegation_report(edge)
@@ -368,6 +371,19 @@ def lower(
     report["delegation"] = delegation
     report["compute_units"] = compute_units
     return LoweredProgram(edge=edge, executorch=et_program, report=report)
+
+
+def _program_digest(exported: Any) -> bytes:
+    """A digest of an exported program's graph and constants: the seed of its delegate identifiers."""
+    digest = hashlib.sha256(str(exported.graph_module.graph).encode())
+    for name, value in sorted(exported.state_dict.items()):
+        digest.update(name.encode())
+        digest.update(value.detach().contiguous().cpu().numpy().tobytes())
+    for name, value in sorted(getattr(exported, "constants", {}).items()):
+        if isinstance(value, torch.Tensor):
+            digest.update(name.encode())
+            digest.update(value.detach().contiguous().cpu().numpy().tobytes())
+    return digest.digest()
 
 
 def _runtime_has_backend(backend_id: str) -> bool:

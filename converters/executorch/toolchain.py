@@ -24,8 +24,9 @@ DELEGATES = tuple(DELEGATE_PRECISIONS)
 
 #: Bumped whenever this module writes a different file for the same request, so
 #: ``espnet_mobile.convert`` rebuilds cached artifacts (2: XNNPACK constants under
-#: 16-digit names, 16-byte segments, int8 affines before a PReLU in fp32).
-WRITER_VERSION = 2
+#: 16-digit names, 16-byte segments, int8 affines before a PReLU in fp32; 3: Core ML delegate
+#: identifiers derived from the program, so the same model gives the same bytes).
+WRITER_VERSION = 3
 
 #: Name the ExecuTorch runtime registers each delegate's backend under.
 BACKEND_IDS = {"xnnpack": "XnnpackBackend", "coreml": "CoreMLBackend", "vulkan": "VulkanBackend"}
