@@ -131,7 +131,8 @@ def stable_mlpackage_ids(package: Path) -> None:
 
     coremltools' package writer names each item (spec, weights) by a random UUID in
     ``Manifest.json``, so two conversions of one model differ in bytes. Each identifier becomes
-    a UUID derived from the item's path and content; the package means the same to Core ML.
+    a UUID derived from the item's path and content; the package means the same to Core ML. The
+    spec is re-serialized with sorted map keys first.
     """
     import hashlib
     import json
@@ -140,6 +141,13 @@ def stable_mlpackage_ids(package: Path) -> None:
     manifest_path = Path(package) / "Manifest.json"
     if not manifest_path.is_file():
         return
+    # Protobuf writes map fields (the model's metadata) in hash order, which changes per process.
+    from coremltools.proto import Model_pb2
+
+    for spec_path in (Path(package) / "Data").rglob("*.mlmodel"):
+        spec = Model_pb2.Model()
+        spec.ParseFromString(spec_path.read_bytes())
+        spec_path.write_bytes(spec.SerializeToString(deterministic=True))
     manifest = json.loads(manifest_path.read_text())
     renamed = {}
     for old, item in manifest.get("itemInfoEntries", {}).items():

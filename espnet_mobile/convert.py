@@ -199,10 +199,9 @@ def convert_one(job: Job, request: Any, golden: list, nhwc: bool) -> Outcome:
     return Outcome(result=result, seconds=seconds, quick_check=check)
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init() -> None:
     from espnet_mobile.console import quiet_third_party
 
-    torch.set_num_threads(threads)
     quiet_third_party()
 
 
@@ -228,11 +227,11 @@ def run_pending(pending: list[Pending], golden: list, workers: int, log) -> Iter
     import concurrent.futures as cf
     import multiprocessing
 
-    threads = max(1, default_jobs() // workers)
     order = sorted(pending, key=lambda p: -_expected_cost(p.job))
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked thread pools
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
-                                initargs=(threads,)) as pool:
+    # A fresh interpreter (no forked thread pools) with torch's default thread count, as here: int8
+    # calibration statistics depend on the thread count, and the artifacts must not depend on --jobs.
+    context = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
         futures = {}
         for item in order:
             log(f"{item.prefix}: converting -> {item.name}")

@@ -225,3 +225,19 @@ def test_console_keeps_library_info_records_out_even_when_a_library_sets_root_to
     assert done.returncode == 0, done.stderr
     assert "a real warning" in done.stderr
     assert "partitioner chatter" not in done.stderr
+
+
+@pytest.mark.slow
+def test_jobs_2_writes_the_same_bytes_as_jobs_1(tmp_path, random_weights, photos) -> None:
+    """Worker processes (their own hash seeds) must not change an artifact: Core ML metadata order,
+    package identifiers and int8 calibration statistics all had been process- or thread-dependent."""
+    from espnet_mobile.files import sha256_path
+
+    shas = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        assert _convert(out, random_weights, "--target", "all", "--precision", "int8", "--no-extra-delegates",
+                        "--calibration", str(photos), "--jobs", jobs) in (0, 2)
+        bundle = out / MODEL
+        shas[jobs] = {a["file"]: sha256_path(bundle / a["file"]) for a in B.load_manifest(bundle)["artifacts"]}
+    assert len(shas["1"]) == 3 and shas["1"] == shas["2"]
