@@ -32,7 +32,7 @@ KD_WEIGHT = 1.0
 #: Layers (BatchNorm, and the conv before it) whose gain exceeds this are not trained in QAT
 #: (qat_graph.high_gain_parameters); the same threshold keeps convs in float in the converters.
 MAX_TRAINED_GAIN = DEFAULT_MAX_WEIGHT_GAIN
-MAX_EVALS_PER_PHASE = 10
+MAX_EVALS_PER_PHASE = 4
 #: |mIoU(torchrun, 2 processes) - mIoU(1 process)| allowed by tests/test_qat.py, in points. Both see the
 #: same samples, average the same gradient and synchronize observer ranges after every forward
 #: (qat_graph.sync_observers); they differ only where training-mode BatchNorm normalizes with
@@ -132,10 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="fp32 checkpoint to start from (default: the published one)")
     p.add_argument("--input-size", default=None, metavar="HxW", help="training and artifact size (default: the zoo's)")
     p.add_argument("--eval-every", type=int, default=None, metavar="K",
-                   help="evaluate every K steps (default: every epoch, at most 10 times per phase)")
+                   help="evaluate the fake-quant model every K steps (default: every epoch, at most "
+                        f"{MAX_EVALS_PER_PHASE} times per phase)")
     p.add_argument("--checkpoint-every", type=int, default=20, metavar="N", help="checkpoint every N steps")
-    p.add_argument("--artifact-eval", choices=("all", "final", "none"), default="all",
-                   help="convert and run the int8 artifact at every evaluation (all), only at the end, or never")
+    p.add_argument("--artifact-eval", choices=("all", "final", "none"), default="final",
+                   help="convert and run the int8 artifact at every evaluation (all), only at the end (default), "
+                        "or never")
     p.add_argument("--observer-freeze", type=float, default=None,
                    help=f"fraction of QAT steps after which observers stop (default {OBSERVER_FREEZE})")
     p.add_argument("--bn-freeze", type=float, default=None,

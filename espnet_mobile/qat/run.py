@@ -69,7 +69,7 @@ class Run:
     """One training run: fp32 phase (optional), QAT phase, final scoring; resumable at any checkpoint."""
 
     def __init__(self, cfg: RunConfig, out: Path, dist: Dist, *, checkpoint_every: int = 20,
-                 artifact_eval: str = "all", progress: bool = True, resume: bool = False,
+                 artifact_eval: str = "final", progress: bool = True, resume: bool = False,
                  given: set[str] | None = None, log=print) -> None:
         from espnet_mobile.zoo import get_entry
 
