@@ -276,6 +276,9 @@ class Backend:
     rewrite: Callable[[torch.nn.Module, str], torch.nn.Module] | None = None
     runtimes: Callable[[], list[RuntimeSpec]] = lambda: []
     debugger: str | None = None  # dotted module with locate(record, artifact, path, model, entry, x)
+    # ConversionRequest.options key naming module paths an int8 artifact keeps in float (``convert
+    # --int8-budget`` fills it); None: the backend cannot keep chosen layers in float.
+    float_layers_option: str | None = None
 
     @property
     def default_delegate(self) -> str:

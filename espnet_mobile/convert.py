@@ -79,6 +79,7 @@ class ConvertOptions:
     extra_delegates: bool = True
     input_size: tuple[int, int] | None = None  # (height, width); None: the zoo's
     jobs: int | None = None  # worker processes for the conversions; None: one per core
+    int8_budget: float | None = None  # points int8 may lose (mIoU with eval_dataset, else agreement)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -168,6 +169,7 @@ class Pending:
     nhwc: bool
     equalization: dict | None
     request: Any  # converters.base.ConversionRequest
+    budget: Any = None  # espnet_mobile.budget.Choice, with --int8-budget
 
 
 @dataclass
@@ -297,6 +299,11 @@ def _convert(opts: ConvertOptions, log) -> tuple[Path, list[dict], list[str], di
         from espnet_mobile.evaluate import parse_dataset
 
         parse_dataset(opts.eval_dataset, entry)
+    if opts.int8_budget is not None and opts.qat_checkpoint is not None:
+        raise UserError("--int8-budget chooses layers to keep in float for post-training int8; a QAT checkpoint "
+                        "trains every layer in int8 - drop one of --int8-budget and --qat-checkpoint")
+    if opts.int8_budget is not None and opts.int8_budget < 0:
+        raise UserError(f"--int8-budget is the points int8 may lose, at least 0; got {opts.int8_budget:g}")
     qat = _open_qat_checkpoint(opts, log) if opts.qat_checkpoint is not None else None
     calibration_photos = (DP.folder_photos(opts.calibration, MAX_CALIBRATION_IMAGES) if opts.calibration
                           else DP.domain_photos(entry, "calibration", MAX_CALIBRATION_IMAGES))
@@ -304,6 +311,9 @@ def _convert(opts: ConvertOptions, log) -> tuple[Path, list[dict], list[str], di
     jobs, notes = plan_jobs(opts, have_int8_data)
     for note in notes:
         log(f"note: {note}")
+    if opts.int8_budget is not None and not any(j.precision == "int8" for j in jobs):
+        raise UserError("--int8-budget applies to int8 artifacts, and none is planned: add int8 to --precision "
+                        "and give calibration photos (--calibration DIR or $ESPNET_MOBILE_IMAGES)")
     if qat is not None:
         wrong = sorted({j.target for j in jobs if j.precision == "int8" and j.target != qat.target})
         if wrong:
@@ -353,6 +363,8 @@ def _convert(opts: ConvertOptions, log) -> tuple[Path, list[dict], list[str], di
 
     calibration: list[torch.Tensor] | None = None
     calibration_digest = None
+    budget_data = None  # espnet_mobile.budget.BudgetData, with --int8-budget
+    choices: dict[str, Any] = {}  # quantizer name -> espnet_mobile.budget.Choice
     equalized: tuple[torch.nn.Module, dict] | None = None  # the graph rescaled for post-training int8
     records: list[dict] = []
     problems: list[str] = []
@@ -373,6 +385,9 @@ def _convert(opts: ConvertOptions, log) -> tuple[Path, list[dict], list[str], di
                  "graph": GRAPH_VERSION}
         if ptq:
             extra["equalization"] = EQ.VERSION
+            extra["int8_budget"] = opts.int8_budget
+            if opts.int8_budget is not None:
+                extra["budget_data"] = [opts.eval_dataset, opts.eval_split, opts.eval_limit, str(opts.images or "")]
         key = cache_key(job, manifest, versions, extra)
         if not opts.force and _up_to_date(bundle, manifest, name, key):
             log(f"{prefix}: up to date ({name})")
@@ -401,6 +416,14 @@ def _convert(opts: ConvertOptions, log) -> tuple[Path, list[dict], list[str], di
         backend = converters.backend(job.target)
         if backend.rewrite is not None and job.delegate != backend.default_delegate:
             module = backend.rewrite(deployable, job.delegate)
+        choice = None
+        if ptq and opts.int8_budget is not None:
+            if budget_data is None:
+                budget_data = _budget_data(opts, entry, height, width)
+            choice = _budget_choice(backend, job, choices, module, deployable, calibration, budget_data, opts,
+                                    entry, log)
+            if choice is not None and choice.layers:
+                options[backend.float_layers_option] = list(choice.layers)
         request = ConversionRequest(
             module=module, example_input=torch.from_numpy(golden[0].input), precision=job.precision,
             out_path=bundle / name, model_id=entry.model_id, calibration=calibration,
@@ -411,7 +434,7 @@ def _convert(opts: ConvertOptions, log) -> tuple[Path, list[dict], list[str], di
                                      f"({entry.data.title}, {entry.num_classes} classes)",
                       "version": __version__},
         )
-        pending.append(Pending(job, prefix, name, key, extra["nhwc"], equalization, request))
+        pending.append(Pending(job, prefix, name, key, extra["nhwc"], equalization, request, choice))
 
     # Phase 2: the conversions, in worker processes when --jobs > 1 (each artifact is independent).
     workers = max(1, min(opts.jobs or default_jobs(), len(pending)))
@@ -426,6 +449,13 @@ def _convert(opts: ConvertOptions, log) -> tuple[Path, list[dict], list[str], di
                 problems.append(f"{job.target} disabled: {outcome.missing_backend}")
             log(f"{prefix}: skipped - {outcome.missing_backend}")
             continue
+        budget_record = None
+        if opts.int8_budget is not None and job.precision == "int8" and outcome.error is None:
+            outcome, budget_record, miss = _meet_budget(item, outcome, golden, budget_data, entry, deployable, log)
+            if miss is not None:
+                problems.append(miss)
+                log(f"{prefix}: failed - {miss}")
+                continue
         if outcome.error is not None:
             problems.append(f"{job.label} {job.precision}: {outcome.error}")
             log(f"{prefix}: failed - {outcome.error}")
@@ -449,6 +479,8 @@ def _convert(opts: ConvertOptions, log) -> tuple[Path, list[dict], list[str], di
             if job.precision == "int8" else None,
             "report": _jsonable(result.report),
         }
+        if budget_record is not None:
+            record["quantization"]["budget"] = budget_record
         bpte = path.with_suffix(".bpte")
         if bpte.exists() and job.target == "executorch":
             record["bundled_program"] = {"file": bpte.name, "sha256": sha256_path(bpte)}
@@ -473,6 +505,84 @@ def _convert(opts: ConvertOptions, log) -> tuple[Path, list[dict], list[str], di
         problems += [f"{r.artifact} on {r.runtime}: {r.error}" for r in evaluation.records if r.error]
         return bundle, records, problems, evaluation.accuracy_section()
     return bundle, records, problems, None
+
+
+def _budget_data(opts: ConvertOptions, entry, height: int, width: int):
+    from espnet_mobile.budget import budget_data
+
+    photos = (DP.folder_photos(opts.images) if opts.images else DP.domain_photos(entry, "check"))
+    return budget_data(entry, height, width, eval_dataset=opts.eval_dataset, split=opts.eval_split,
+                       limit=opts.eval_limit, photos=photos.paths if photos else None,
+                       photos_description=photos.description if photos else "")
+
+
+def _budget_choice(backend, job: Job, choices: dict, module, deployable, calibration, data, opts, entry, log):
+    """The float layers for this int8 job (chosen once per quantizer); None when the backend keeps none."""
+    from espnet_mobile import budget as BU
+
+    if backend.float_layers_option is None or backend.qat_name is None or job.delegate != backend.default_delegate:
+        log(f"note: {job.label} int8 cannot keep chosen layers in float; --int8-budget only checks it")
+        return BU.Choice(backend.qat_name or job.target, data.metric, float(opts.int8_budget), data.description,
+                         len(data.inputs), float("nan"), float("nan"), float("nan"))
+    if backend.qat_name not in choices:
+        choices[backend.qat_name] = BU.choose(module, deployable, backend.qat_name, calibration, data,
+                                              float(opts.int8_budget), entry, log)
+    return choices[backend.qat_name]
+
+
+def _meet_budget(item: Pending, outcome: Outcome, golden: list, data, entry, deployable, log):
+    """Measure a budgeted int8 artifact; with too few float layers, convert again with more.
+
+    Returns the outcome to record, the manifest's ``budget`` entry, and the problem when the
+    budget cannot be met (the artifact is then removed: no poor artifact stays in the bundle).
+    """
+    import math
+
+    from espnet_mobile import budget as BU
+
+    choice = item.budget
+    job = item.job
+    backend = converters.backend(job.target)
+    record = {"target": job.target, "delegate": job.delegate, "precision": job.precision,
+              "input_layout": "NHWC" if item.nhwc else "NCHW"}
+    fp32 = choice.fp32
+    attempt = 1
+    while True:
+        measured = BU.measure_artifact(job.target, job.delegate, item.request.out_path, record, data, entry,
+                                       deployable)
+        if measured is None:
+            log(f"{item.prefix}: nothing here runs it; its float layers were chosen by simulation only")
+            return outcome, BU.manifest_entry(choice, None, None), None
+        value, runtime = measured
+        if math.isnan(fp32):  # a backend that keeps no float layers: the simulation was not run
+            fp32 = BU.points(BU.scorer_for(data, entry, deployable)(deployable), data.metric)
+            choice.fp32 = round(fp32, 4)
+        log(f"{item.prefix}: {len(choice.layers)} convs in float ({choice.macs_share:.2%} of conv MACs), "
+            f"{BU._unit(data.metric)} {value:.2f} on {runtime} against fp32 {fp32:.2f} "
+            f"(budget {choice.budget:g})")
+        if fp32 - value <= choice.budget:
+            return outcome, BU.manifest_entry(choice, value, runtime), None
+        more = min(len(choice.ranked), len(choice.layers) + attempt)
+        if attempt >= BU.MAX_ATTEMPTS or more <= len(choice.layers) or backend.float_layers_option is None:
+            for path in (item.request.out_path, Path(item.request.out_path).with_suffix(".bpte")):
+                _remove(Path(path))
+            return outcome, None, BU.describe_miss(f"{job.label}", choice, value)
+        choice = choice.with_layers(more)
+        item.request.options[backend.float_layers_option] = list(choice.layers)
+        log(f"{item.prefix}: converting again with {more} convs in float")
+        outcome = convert_one(job, item.request, golden, item.nhwc)
+        if outcome.error is not None or outcome.result is None:
+            return outcome, None, None
+        attempt += 1
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _open_qat_checkpoint(opts: ConvertOptions, log):
@@ -555,6 +665,10 @@ def parse_args(argv: list[str] | None) -> ConvertOptions:
     parser.add_argument("--nhwc", action="store_true", help="TFLite artifacts take NHWC input")
     parser.add_argument("--jobs", type=int, default=None, metavar="N",
                         help="convert N artifacts at a time in worker processes (default: the core count)")
+    parser.add_argument("--int8-budget", type=float, default=None, metavar="POINTS",
+                        help="keep in float the fewest layers with which int8 loses at most POINTS (mIoU on "
+                             "--eval-dataset, else argmax agreement %% with fp32 on domain photos); fails when "
+                             "it cannot")
     parser.add_argument("--no-extra-delegates", action="store_true",
                         help="skip ExecuTorch's Core ML and Vulkan delegates and the GPU-bound TFLite graph")
     args = parser.parse_args(argv)
@@ -578,7 +692,8 @@ def parse_args(argv: list[str] | None) -> ConvertOptions:
                           qat_checkpoint=args.qat_checkpoint, calibration=args.calibration, images=args.images,
                           eval_dataset=args.eval_dataset, eval_split=args.eval_split, eval_limit=args.eval_limit,
                           out=args.out, force=args.force, nhwc=args.nhwc,
-                          extra_delegates=not args.no_extra_delegates, input_size=input_size, jobs=args.jobs)
+                          extra_delegates=not args.no_extra_delegates, input_size=input_size, jobs=args.jobs,
+                          int8_budget=args.int8_budget)
 
 
 def main(argv: list[str] | None = None) -> int:

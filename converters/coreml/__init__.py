@@ -62,7 +62,7 @@ BACKEND = Backend(
     convert=convert, tool_versions=_versions,
     writer_version=2,  # 2: package item identifiers derived from their content (reproducible bytes)
     quantizer=lambda qat: coreml_quantizer(is_qat=qat), simulate_int8=_simulate_int8, qat_name="coreml",
-    runtimes=_runtimes, debugger="converters.coreml.debugger",
+    runtimes=_runtimes, debugger="converters.coreml.debugger", float_layers_option="float_modules",
 )
 
 __all__ = ["BACKEND", "convert", "coreml_quantizer", "iter_mil_ops", "mil_dtype_counts", "mil_op_counts",

@@ -54,7 +54,7 @@ BACKEND = Backend(
     supported=dict(DELEGATE_PRECISIONS),
     convert=convert, tool_versions=tool_versions, writer_version=WRITER_VERSION,
     quantizer=lambda qat: xnnpack_quantizer(is_qat=qat), simulate_int8=_simulate_int8, qat_name="xnnpack",
-    qat_float_nodes=_qat_float_nodes,
+    qat_float_nodes=_qat_float_nodes, float_layers_option="int8_fp32_layers",
     runtimes=_runtimes, debugger="converters.executorch.debugger",
 )
 

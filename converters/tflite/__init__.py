@@ -105,7 +105,7 @@ BACKEND = Backend(
     supported={"cpu": ("fp32", "fp16", "int8"), "gpu": ("fp32", "fp16", "int8")},
     convert=convert, tool_versions=_versions, writer_version=WRITER_VERSION,
     quantizer=lambda qat: get_quantizer(qat=qat), qat_name="tflite", rewrite=_rewrite,
-    runtimes=_runtimes, debugger="converters.tflite.debugger",
+    runtimes=_runtimes, debugger="converters.tflite.debugger", float_layers_option="int8_fp32_layers",
 )
 
 __all__ = ["BACKEND", "convert", "get_quantizer", "inspect_tflite", "run_tflite", "share_quantization_vectors"]

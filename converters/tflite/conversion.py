@@ -132,7 +132,8 @@ def _quantize_pt2e(req: ConversionRequest, nhwc: bool) -> tuple[nn.Module, Any, 
         return (_NHWCInput(gm) if nhwc else gm), get_quantizer(qat=True), info
 
     gain = (req.options or {}).get("int8_max_weight_gain", DEFAULT_MAX_WEIGHT_GAIN)
-    quantizer = get_quantizer(max_weight_gain=None if gain is None else float(gain))
+    quantizer = get_quantizer(max_weight_gain=None if gain is None else float(gain),
+                              float_modules=tuple((req.options or {}).get("int8_fp32_layers", ())))
     source = _NHWCInput(req.module) if nhwc else req.module
     example = _to_layout(req.example_input, nhwc)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -98,13 +98,15 @@ def _quantizer_class() -> type:
 
         #: Gain above which a conv runs in float (None: every conv in int8); set by get_quantizer.
         max_weight_gain: float | None = None
+        #: Module paths whose convs run in float whatever their gain (``convert --int8-budget``).
+        float_modules: tuple[str, ...] = ()
 
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             cfg = self.global_config
             if cfg is None or cfg.input_activation is None:
                 raise ConversionError("the TFLite int8 path supports static quantization configs only")
-            self.float_islands = _mark_float_islands(model, self.max_weight_gain) \
-                if self.max_weight_gain and not cfg.is_qat else {}
+            self.float_islands = _mark_float_islands(model, self.max_weight_gain, self.float_modules) \
+                if (self.max_weight_gain or self.float_modules) and not cfg.is_qat else {}
             # Before the stock patterns: the stock conv+relu pattern would otherwise swallow
             # the conv output that the decomposed PReLU also reads.
             if cfg.is_qat:
@@ -244,24 +246,29 @@ def _quantizer_class() -> type:
 
 
 def get_quantizer(*, qat: bool = False, per_channel: bool = True,
-                  max_weight_gain: float | None = DEFAULT_MAX_WEIGHT_GAIN) -> Any:
+                  max_weight_gain: float | None = DEFAULT_MAX_WEIGHT_GAIN,
+                  float_modules: Sequence[str] = ()) -> Any:
     """The PT2E quantizer for TFLite int8 (static, int8 activations, symmetric int8 weights).
 
     Use the same object for ``prepare_qat_pt2e`` (``qat=True``) when fine-tuning
     a model that will be converted with ``req.qat_module``. ``max_weight_gain``
-    applies to post-training quantization only (QAT trains every conv in int8).
+    applies to post-training quantization only (QAT trains every conv in int8), as does
+    ``float_modules``: module paths whose convs stay float, like high-gain ones.
     """
     cls = _quantizer_class()  # raises MissingBackendError without litert-torch
     from litert_torch.quantize import pt2e_quantizer as lq
 
     quantizer = cls().set_global(lq.get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat))
     quantizer.max_weight_gain = max_weight_gain
+    quantizer.float_modules = tuple(p.rstrip(".") for p in float_modules)
     quantizer.float_islands = {}
     return quantizer
 
 
-def _mark_float_islands(gm: torch.fx.GraphModule, max_gain: float) -> dict[str, dict[str, Any]]:
-    """Leave unquantized each conv whose weight gain exceeds ``max_gain``, and the PReLUs around it.
+def _mark_float_islands(gm: torch.fx.GraphModule, max_gain: float | None,
+                        float_modules: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Leave unquantized each conv whose weight gain exceeds ``max_gain`` or that lies under one of
+    ``float_modules`` (module paths), and the PReLUs around it.
 
     Runs on the prepared graph, where PT2E has folded BatchNorms into the conv
     weights, so the gain of output channel ``c`` is the L2 norm of its weights.
@@ -296,9 +303,11 @@ def _mark_float_islands(gm: torch.fx.GraphModule, max_gain: float) -> dict[str, 
         if weight is None or weight.dim() < 2:
             continue
         gain = float(weight.detach().flatten(1).norm(dim=1).max())
-        if gain <= max_gain:
+        path = module_path(node) or node.name
+        requested = any(path == p or path.startswith(p + ".") for p in float_modules)
+        if not requested and (max_gain is None or gain <= max_gain):
             continue
-        found[node.name] = {"module": module_path(node) or node.name, "gain": round(gain, 1)}
+        found[node.name] = {"module": path, "gain": round(gain, 1), **({"reason": "requested"} if requested else {})}
         keep_float(node)
         seen: set[torch.fx.Node] = {node}
         source = [node.args[0]] if isinstance(node.args[0], torch.fx.Node) else []

@@ -1,0 +1,208 @@
+"""Mixed precision by an accuracy budget: the fewest convolutions kept in float so int8 loses at most B points.
+
+``convert --int8-budget POINTS`` measures post-training int8 on the budget's photos: mIoU
+against labels when ``--eval-dataset`` is given, else argmax agreement with the fp32
+model on photos of the model's domain (100% is no loss). When all-int8 loses more than
+``POINTS``, the convolutions are ranked by the accuracy each recovers when it alone runs
+in float (the simulation of :mod:`espnet_mobile.sensitivity`, on a subset of the photos),
+and the most sensitive are put back in float one at a time until the simulated loss fits
+the budget. The backend then keeps those layers in float (fp32 islands for XNNPACK and
+LiteRT; Core ML computes its float parts in fp16), and the artifact itself is measured on
+the same photos: it must meet the budget, or ``convert`` adds the next layers and tries
+again, and in the end fails with how far it is rather than leaving a poor artifact.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from espnet_mobile.errors import UserError
+
+#: Photos the per-layer ranking is simulated on (evenly spread over the budget's photos).
+RANK_PHOTOS = 12
+#: Conversions tried per artifact when the artifact loses more than its simulation did.
+MAX_ATTEMPTS = 3
+
+
+@dataclass
+class BudgetData:
+    """The photos a budget is measured on, as model inputs, with labels when the data has them."""
+
+    inputs: list[torch.Tensor]  # each (1, 3, H, W), RGB [0, 1]
+    labels: list[np.ndarray | None]
+    description: str
+
+    @property
+    def metric(self) -> str:
+        return "miou" if self.labels and all(label is not None for label in self.labels) else "agreement"
+
+    def subset(self, count: int) -> BudgetData:
+        if len(self.inputs) <= count:
+            return self
+        picks = sorted({round(i * (len(self.inputs) - 1) / max(1, count - 1)) for i in range(count)})
+        return BudgetData([self.inputs[i] for i in picks], [self.labels[i] for i in picks],
+                          f"{len(picks)} of {self.description}")
+
+
+def budget_data(entry, height: int, width: int, *, eval_dataset: str | None, split: str, limit: int | None,
+                photos: list[Path] | None, photos_description: str) -> BudgetData:
+    """Labelled photos of ``eval_dataset`` (mIoU), or ``photos`` (agreement with fp32)."""
+    from espnet_mobile.preprocess import preprocess
+
+    if eval_dataset is not None:
+        from espnet_mobile.evaluate import Inputs, parse_dataset
+
+        spec = parse_dataset(eval_dataset, entry)
+        pairs = list(Inputs(spec, split, limit, height, width))
+        return BudgetData([torch.from_numpy(x).reshape(1, 3, height, width) for x, _ in pairs],
+                          [label for _, label in pairs], f"{len(pairs)} {spec.kind} {split} photos")
+    if not photos:
+        raise UserError("--int8-budget needs photos to measure on: pass --eval-dataset KIND:DIR (mIoU) or "
+                        "--images DIR (agreement with fp32), or set $ESPNET_MOBILE_IMAGES")
+    from espnet_mobile.data.images import load_rgb
+
+    inputs = [torch.from_numpy(preprocess(load_rgb(p), height, width)).reshape(1, 3, height, width)
+              for p in photos]
+    return BudgetData(inputs, [None] * len(inputs), photos_description)
+
+
+def scorer_for(data: BudgetData, entry, reference: torch.nn.Module):
+    from espnet_mobile.sensitivity import Scorer
+
+    scored = [i for i in range(entry.num_classes) if i != entry.data.void_index]
+    return Scorer(data.inputs, data.labels, entry.num_classes, scored, reference)
+
+
+def points(scored, metric: str) -> float:
+    """The figure a budget counts in: mIoU, or agreement with fp32 in percent."""
+    return float(scored.miou if metric == "miou" else scored.agreement)
+
+
+@dataclass
+class Choice:
+    """The layers one backend keeps in float, and what the simulation measured."""
+
+    backend: str  # the PT2E quantizer's name (xnnpack, tflite, coreml)
+    metric: str
+    budget: float
+    data: str
+    images: int
+    fp32: float
+    int8_all: float  # simulated, every quantizable conv in int8
+    simulated: float  # simulated, with ``layers`` in float
+    layers: list[str] = field(default_factory=list)  # module paths, most sensitive first
+    shares: list[float] = field(default_factory=list)  # each layer's share of the conv MACs
+    ranked: list[tuple[str, float]] = field(default_factory=list)  # every layer (module, MAC share), best first
+    seconds: float = 0.0
+
+    @property
+    def macs_share(self) -> float:
+        return min(1.0, float(sum(self.shares)))  # shares are rounded to 5 digits
+
+    def with_layers(self, count: int) -> Choice:
+        """The same choice with the first ``count`` ranked layers (for another attempt)."""
+        out = copy.copy(self)
+        out.layers = [m for m, _ in self.ranked[:count]]
+        out.shares = [s for _, s in self.ranked[:count]]
+        return out
+
+
+def choose(quantizable: torch.nn.Module, reference: torch.nn.Module, backend: str,
+           calibration: list[torch.Tensor], data: BudgetData, budget: float, entry,
+           log: Callable[[str], None] = print) -> Choice:
+    """The fewest convs (most sensitive first) whose float execution keeps the simulated loss within ``budget``."""
+    from tqdm import tqdm
+
+    from espnet_mobile import sensitivity as S
+
+    start = time.perf_counter()
+    shape = tuple(data.inputs[0].shape)
+    gm, _ = S.quantized_graph(quantizable, backend, [c.reshape(shape) for c in calibration])
+    metric = data.metric
+    scorer = scorer_for(data, entry, reference)
+    fp32 = points(scorer(reference), metric)
+    int8_all = points(scorer(gm), metric)
+    choice = Choice(backend, metric, budget, data.description, len(data.inputs), round(fp32, 4),
+                    round(int8_all, 4), round(int8_all, 4))
+    log(f"int8 budget ({backend}): {_unit(metric)} fp32 {fp32:.2f}, all-int8 {int8_all:.2f} on "
+        f"{data.description} (budget {budget:g} points)")
+    if fp32 - int8_all <= budget:
+        choice.seconds = round(time.perf_counter() - start, 1)
+        return choice
+
+    ranking = data.subset(RANK_PHOTOS)
+    rank_scorer = scorer_for(ranking, entry, reference)
+    layers = S.conv_layers(gm)
+    with tqdm(total=len(layers), desc=f"ranking {len(layers)} convs ({backend})", unit="layer",
+              leave=False, disable=None) as bar:
+        _, rows = S.scan(gm, layers, rank_scorer, rank=metric, progress=lambda *_: bar.update(1))
+    choice.ranked = [(r.module, float(r.macs_share)) for r in rows]
+    current = gm
+    for row in rows:
+        current = S.with_layer_in_float(current, row.node)
+        choice.layers.append(row.module)
+        choice.shares.append(float(row.macs_share))
+        choice.simulated = round(points(scorer(current), metric), 4)
+        log(f"  + {row.module} in float ({row.macs_share:.2%} of conv MACs): simulated {choice.simulated:.2f}")
+        if fp32 - choice.simulated <= budget:
+            break
+    choice.seconds = round(time.perf_counter() - start, 1)
+    return choice
+
+
+def _unit(metric: str) -> str:
+    return "mIoU" if metric == "miou" else "agreement %"
+
+
+def measure_artifact(target: str, delegate: str, path: Path, record: dict, data: BudgetData, entry,
+                     reference: torch.nn.Module) -> tuple[float, str] | None:
+    """The artifact's figure on the budget's photos and the runtime that ran it; None if nothing here runs it."""
+    import converters
+    from converters.base import close_runner
+
+    specs = [s for s in converters.backend(target).runtimes() if s.applies(record) and s.status()[0]]
+    if not specs:
+        return None
+    spec = next((s for s in specs if s.primary), specs[0])
+    runner = spec.load(Path(path), record)
+    try:
+        scorer = scorer_for(data, entry, reference)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(runner(x.numpy()), dtype=np.float32))
+
+        return points(scorer(run), data.metric), spec.name
+    finally:
+        close_runner(runner)
+
+
+def manifest_entry(choice: Choice, measured: float | None, runtime: str | None) -> dict[str, Any]:
+    """What the manifest's ``quantization.budget`` of an artifact records."""
+    loss = None if measured is None else round(choice.fp32 - measured, 4)
+    return {
+        "points": choice.budget, "metric": choice.metric, "data": choice.data, "images": choice.images,
+        "fp32": choice.fp32, "int8_all_simulated": choice.int8_all, "simulated": choice.simulated,
+        "measured": None if measured is None else round(measured, 4), "runtime": runtime, "loss": loss,
+        "met": loss is not None and loss <= choice.budget,
+        "float_layers": list(choice.layers), "float_macs_share": round(choice.macs_share, 5),
+    }
+
+
+def describe_miss(label: str, choice: Choice, measured: float) -> str:
+    loss = choice.fp32 - measured
+    return (f"{label} int8 misses --int8-budget {choice.budget:g}: it loses {loss:.2f} {_unit(choice.metric)} "
+            f"points on {choice.data} ({loss - choice.budget:.2f} over) with {len(choice.layers)} convs in float "
+            f"({choice.macs_share:.1%} of conv MACs); allow more points, or fine-tune with python -m "
+            "espnet_mobile.qat and convert with --qat-checkpoint")
+
+
+def as_dict(choice: Choice) -> dict[str, Any]:
+    return asdict(choice)

@@ -1,0 +1,119 @@
+"""convert --int8-budget: the fewest float layers that meet the budget, measured on the artifact, or a failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from espnet_mobile import budget as BU
+from espnet_mobile import convert
+from tests.test_sensitivity import OutlierNet, _inputs
+
+pytest.importorskip("executorch")
+pytest.importorskip("torchao")
+
+ENTRY = SimpleNamespace(num_classes=5, data=SimpleNamespace(void_index=None))
+
+
+def _data(n: int = 6) -> BU.BudgetData:
+    return BU.BudgetData(_inputs(n, seed=4), [None] * n, f"{n} random inputs")
+
+
+def test_generous_budget_keeps_every_layer_int8() -> None:
+    net = OutlierNet().eval()
+    choice = BU.choose(net, net, "xnnpack", _inputs(8, seed=1), _data(), 100.0, ENTRY, log=lambda m: None)
+    assert choice.metric == "agreement"
+    assert choice.fp32 == pytest.approx(100.0)
+    assert choice.layers == []
+    assert choice.macs_share == 0.0
+
+
+def test_tight_budget_puts_the_outlier_layer_in_float_first() -> None:
+    """OutlierNet's middle conv is where int8 loses; the budget's first float layer must be it."""
+    net = OutlierNet().eval()
+    calib = _inputs(8, seed=1)
+    loose = BU.choose(net, net, "xnnpack", calib, _data(), 100.0, ENTRY, log=lambda m: None)
+    all_int8_loss = 100.0 - loose.int8_all
+    assert all_int8_loss > 0.0, "the test model must lose agreement in int8"
+    budget = all_int8_loss / 4
+    choice = BU.choose(net, net, "xnnpack", calib, _data(), budget, ENTRY, log=lambda m: None)
+    assert choice.layers[0] == "middle"
+    assert 100.0 - choice.simulated <= budget
+    assert [m for m, _ in choice.ranked][: len(choice.layers)] == choice.layers
+    assert 0.0 < choice.macs_share <= 1.0
+    entry = BU.manifest_entry(choice, choice.simulated, "test")
+    assert entry["met"] and entry["float_layers"] == choice.layers
+
+
+def test_budget_needs_photos_or_labels() -> None:
+    from espnet_mobile.errors import UserError
+
+    with pytest.raises(UserError, match="--int8-budget needs photos"):
+        BU.budget_data(ENTRY, 16, 16, eval_dataset=None, split="val", limit=None, photos=None,
+                       photos_description="")
+
+
+def test_budget_with_qat_checkpoint_is_refused(tmp_path: Path, capsys) -> None:
+    code = convert.main(["--model", "espnetv2_s_0.5_pascal_256x256", "--target", "executorch", "--precision", "int8",
+                         "--int8-budget", "1", "--qat-checkpoint", str(tmp_path / "x.pt"), "--out", str(tmp_path)])
+    assert code == 2
+    assert "drop one of --int8-budget and --qat-checkpoint" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    from PIL import Image
+
+    import espnet_mobile as em
+    from espnet_mobile.data import synthetic
+    from tests.test_convert import MODEL, SIZE
+
+    root = tmp_path_factory.mktemp("budget")
+    torch.manual_seed(0)
+    weights = root / "random.pth"
+    torch.save(em.build_model(em.get_entry(MODEL)).state_dict(), weights)
+    photos = root / "photos"
+    photos.mkdir()
+    for i, (rgb, _) in enumerate(synthetic.scenes(6, 80, 96, 21)):
+        Image.fromarray(rgb).save(photos / f"scene{i}.png")
+    return root, weights, photos, MODEL, SIZE
+
+
+def _budget_convert(small, out: Path, points: str) -> int:
+    _, weights, photos, model, size = small
+    return convert.main(["--model", model, "--weights", str(weights), "--input-size", size, "--out", str(out),
+                         "--target", "executorch", "--precision", "int8", "--no-extra-delegates", "--jobs", "1",
+                         "--calibration", str(photos), "--images", str(photos), "--int8-budget", points])
+
+
+def test_budget_met_is_recorded_with_the_float_layers(small, tmp_path: Path) -> None:
+    assert _budget_convert(small, tmp_path, "100") == 0
+    manifest = json.loads((tmp_path / small[3] / "manifest.json").read_text())
+    (art,) = manifest["artifacts"]
+    budget = art["quantization"]["budget"]
+    assert budget["met"] is True and budget["metric"] == "agreement"
+    assert budget["loss"] == pytest.approx(budget["fp32"] - budget["measured"], abs=1e-3)
+    assert budget["loss"] <= 100 and budget["runtime"]
+    assert budget["float_layers"] == [] and budget["float_macs_share"] == 0.0
+
+
+def test_artifact_missing_its_budget_fails_with_how_far_and_is_removed(small, tmp_path: Path, capsys,
+                                                                        monkeypatch) -> None:
+    """The artifact is measured, not trusted to the simulation: one that loses 5 points under a 1-point
+    budget is removed, the manifest does not list it, and the error says by how much it missed."""
+    def poor(target, delegate, path, record, data, entry, reference):
+        assert Path(path).exists(), "the artifact is measured after it is written"
+        return 95.0, "executorch-python"
+
+    monkeypatch.setattr(BU, "measure_artifact", poor)
+    assert _budget_convert(small, tmp_path, "1") == 2
+    err = capsys.readouterr().err
+    assert "misses --int8-budget 1: it loses 5.00 agreement % points" in err and "(4.00 over)" in err
+    bundle = tmp_path / small[3]
+    assert not list(bundle.glob("*.pte")) and not list(bundle.glob("*.bpte"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["artifacts"] == []
