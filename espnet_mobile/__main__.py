@@ -17,6 +17,7 @@ COMMANDS = {
     "package": ("espnet_mobile.package", "verify a bundle and write the zip an app embeds"),
     "qat": ("espnet_mobile.qat", "quantization-aware fine-tuning for one backend"),
     "sensitivity": ("espnet_mobile.sensitivity", "rank layers by the accuracy int8 loses in each"),
+    "sweep": ("espnet_mobile.zoo.sweep", "convert every zoo model to int8, measure each, write docs/zoo.md"),
 }
 
 

@@ -21,6 +21,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,7 +94,8 @@ def busy_cores(seconds: float = SAMPLE_SECONDS) -> float | None:
 
 
 def benchmark(bundle: Path, rounds: int = 30, warmup: int = 5, threads: int | None = None,
-              weights: str | None = None) -> tuple[list[Row], list[str]]:
+              weights: str | None = None, only: Collection[str] | None = None) -> tuple[list[Row], list[str]]:
+    """Interleaved rounds of eager fp32 and each artifact (only those named in ``only``, if given)."""
     import espnet_mobile as em
     from converters import load_runner
     from espnet_mobile.deploy import normalize_reference
@@ -119,6 +121,8 @@ def benchmark(bundle: Path, rounds: int = 30, warmup: int = 5, threads: int | No
     notes = []
     for art in manifest["artifacts"]:
         label = B.artifact_label(art["target"], art["delegate"])
+        if only is not None and art["file"] not in only:
+            continue
         if not art["executable_here"]:
             notes.append(f"{art['file']}: not executable here ({art.get('not_executable_reason') or 'no runtime'})")
             continue

@@ -222,7 +222,7 @@ def run_parity(bundle: Path, args: argparse.Namespace, log=print) -> tuple[list[
             finally:
                 if runner is not None:
                     close_runner(runner)
-            if rec.passed is False:
+            if rec.passed is False and getattr(args, "culprit", True):
                 rec.culprit = find_culprit(rec, art, path, model, entry, refs, height, width)
             records.append(rec)
             _log_record(rec, log)
@@ -279,18 +279,19 @@ class ParityResult:
 def check_parity(bundle: Path, *, images: Path | None = None, dataset: str | None = None,
                  synthetic: int | None = None, split: str = "val", limit: int | None = None,
                  only: str | None = None, weights: str | None = None, report: Path | None = None,
-                 log=print) -> ParityResult:
+                 culprit: bool = True, log=print) -> ParityResult:
     """Run every artifact of ``bundle`` on every runtime here against the reference; write the reports.
 
     Photos default to the model's domain (see :mod:`espnet_mobile.data.domain_photos`). The result also
-    goes into the bundle's manifest (``parity``) and ``<report>/report.html``.
+    goes into the bundle's manifest (``parity``) and ``<report>/report.html``. ``culprit=False`` skips the
+    layer search on a miss (a zoo-wide sweep wants the figure, not minutes of debugging per model).
     """
     from espnet_mobile.parity.records import record_json
     from espnet_mobile.parity.report import write_reports
 
     bundle = Path(bundle)
     args = argparse.Namespace(images=images, dataset=dataset, synthetic=synthetic, split=split, limit=limit,
-                              only=only, weights=weights)
+                              only=only, weights=weights, culprit=culprit)
     records, ctx = run_parity(bundle, args, log=log)
     report_dir = Path(report) if report else bundle / "parity"
     write_reports(report_dir, records, ctx)

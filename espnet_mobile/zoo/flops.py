@@ -34,35 +34,48 @@ class Profile:
 
 def count_conv_macs(model: nn.Module, example: torch.Tensor) -> tuple[float, float]:
     """(Conv2d MACs, ConvTranspose2d MACs) of one forward pass on ``example``."""
-    conv = 0.0
-    transposed = 0.0
+    conv = transposed = 0.0
+    for macs, is_transposed in conv_macs_by_module(model, example).values():
+        if is_transposed:
+            transposed += macs
+        else:
+            conv += macs
+    return conv, transposed
 
-    def on_conv(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
-        nonlocal conv
-        k_h, k_w = module.kernel_size
-        per_output = k_h * k_w * module.in_channels / module.groups
-        if module.bias is not None:
-            per_output += 1
-        conv += per_output * output.numel()
 
-    def on_transposed(module: nn.ConvTranspose2d, inputs, _output) -> None:
-        nonlocal transposed
-        k_h, k_w = module.kernel_size
-        transposed += inputs[0].numel() * k_h * k_w * module.out_channels / module.groups
+def conv_macs_by_module(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[float, bool]]:
+    """``{module path: (MACs, is transposed)}`` of every (transposed) convolution, so a share of them can be named."""
+    found: dict[str, tuple[float, bool]] = {}
+
+    def on_conv(name: str):
+        def hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+            k_h, k_w = module.kernel_size
+            per_output = k_h * k_w * module.in_channels / module.groups
+            if module.bias is not None:
+                per_output += 1
+            found[name] = (found.get(name, (0.0, False))[0] + per_output * output.numel(), False)
+        return hook
+
+    def on_transposed(name: str):
+        def hook(module: nn.ConvTranspose2d, inputs, _output) -> None:
+            k_h, k_w = module.kernel_size
+            macs = inputs[0].numel() * k_h * k_w * module.out_channels / module.groups
+            found[name] = (found.get(name, (0.0, True))[0] + macs, True)
+        return hook
 
     handles = []
-    for m in model.modules():
+    for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(on_conv))
+            handles.append(m.register_forward_hook(on_conv(name)))
         elif isinstance(m, nn.ConvTranspose2d):
-            handles.append(m.register_forward_hook(on_transposed))
+            handles.append(m.register_forward_hook(on_transposed(name)))
     try:
         with torch.no_grad():
             model(example)
     finally:
         for h in handles:
             h.remove()
-    return conv, transposed
+    return found
 
 
 def profile_model(entry: ZooEntry, model: nn.Module | None = None) -> Profile:

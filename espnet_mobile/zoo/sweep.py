@@ -1,0 +1,412 @@
+"""Sweep the zoo to int8: convert each model, measure each int8 artifact, write one table (docs/zoo.md).
+
+    python -m espnet_mobile.zoo.sweep [--models IDS|FAMILIES] [--targets executorch,tflite,coreml]
+        [--out artifacts] [--table docs/zoo.md] [--json PATH] [--limit 16] [--eval-dataset camvid:DIR]
+
+int8 has to keep its accuracy for every model family, and only a table over the whole
+zoo shows which family or size loses it. Every step is the project's own: ``convert.run``
+(its cache, so a resumed sweep converts nothing twice), ``parity.check_parity`` on photos
+of the model's domain, ``evaluate`` where labels of that domain exist, ``bench.benchmark``
+(interleaved rounds) for latency and ``zoo.flops`` for the share of MACs kept in float.
+A model that fails is a row with its error, never the end of the sweep; results of earlier
+runs (``--json``) are kept for the models a run does not sweep, so the table grows run by run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import fnmatch
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from espnet_mobile.errors import UserError, run_cli
+
+DEFAULT_TARGETS = ("executorch", "tflite", "coreml")
+#: The runtime that measures each target here (Core ML: our MIL interpreter; Apple's runtime needs macOS).
+RUNTIMES = {"executorch": "executorch-python", "tflite": "litert-cpu", "coreml": "mil-reference-interpreter"}
+LABELS = {"executorch": "ExecuTorch XNNPACK", "tflite": "LiteRT CPU", "coreml": "Core ML (MIL interpreter)"}
+#: ``--models`` families: a name and the zoo entries it selects.
+FAMILIES = {
+    "all": lambda e: True,
+    "espnet": lambda e: e.arch in ("espnet", "espnet_c"),  # ESPNet v1, with and without its decoder
+    "espnetc": lambda e: e.arch == "espnet_c",
+    "espnetv2": lambda e: e.arch == "espnetv2",
+    "cityscapes": lambda e: e.dataset == "cityscapes",
+    "camvid": lambda e: e.dataset == "camvid",
+    "pascal": lambda e: e.dataset == "voc",
+}
+TARGET_AGREEMENT = 0.97  # the issue's floor for int8 argmax agreement with fp32
+
+
+@dataclass
+class SweepOptions:
+    models: list[str]
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    out: Path = Path("artifacts")
+    table: Path | None = Path("docs/zoo.md")
+    json: Path | None = None  # None: <out>/sweep.json
+    limit: int = 16  # photos for the agreement check
+    eval_dataset: str | None = None
+    eval_limit: int | None = None
+    jobs: int = 1
+    input_size: tuple[int, int] | None = None  # None: each model's own
+    rounds: int = 20
+    command: str = "python -m espnet_mobile.zoo.sweep"
+
+    @property
+    def json_path(self) -> Path:
+        return self.json or Path(self.out) / "sweep.json"
+
+
+@dataclass
+class BackendResult:
+    target: str
+    int8_agreement: float | None = None
+    fp32_agreement: float | None = None
+    miou_int8: float | None = None
+    float_share: float | None = None
+    float_layers: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class ModelResult:
+    model_id: str
+    input_size: str
+    date: str = ""
+    commit: str = ""
+    photos: str = ""
+    backends: list[BackendResult] = field(default_factory=list)
+    reference_miou: float | None = None
+    labels: str = ""  # which labels scored the mIoU, or why there is none
+    eager_ms: float | None = None
+    executorch_int8_ms: float | None = None
+    bench_note: str = ""
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @staticmethod
+    def from_json(data: dict) -> ModelResult:
+        data = dict(data)
+        data["backends"] = [BackendResult(**b) for b in data.get("backends", [])]
+        return ModelResult(**data)
+
+
+def select_models(specs: list[str]) -> list[str]:
+    """Zoo ids named by ids, families (``espnet``, ``espnetv2``, ...) or globs, in zoo order."""
+    from espnet_mobile.zoo import ZOO
+
+    wanted: set[str] = set()
+    for spec in specs:
+        if spec in ZOO:
+            wanted.add(spec)
+        elif spec in FAMILIES:
+            wanted |= {k for k, e in ZOO.items() if FAMILIES[spec](e)}
+        elif any(c in spec for c in "*?[") and fnmatch.filter(ZOO, spec):
+            wanted |= set(fnmatch.filter(ZOO, spec))
+        else:
+            raise UserError(f"--models: {spec!r} is no zoo id, family or matching pattern; families: "
+                            f"{', '.join(FAMILIES)} (python -m espnet_mobile.zoo lists the ids)")
+    return [k for k in ZOO if k in wanted]
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0][:240] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}".replace("|", "/")
+
+
+def git_commit() -> str:
+    """The commit the sweep ran at, marked when the code had uncommitted changes."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}+uncommitted" if dirty else head
+
+
+def float_share(art: dict, macs: dict[str, tuple[float, bool]]) -> tuple[float, list[str]]:
+    """Share of the graph's conv MACs in the layers an int8 artifact kept in float, and those layers."""
+    report = art.get("report") or {}
+    quantization = report.get("quantization")  # ExecuTorch: a dict; LiteRT: the scheme's name
+    nodes = {**((quantization if isinstance(quantization, dict) else {}).get("fp32_nodes") or {}),
+             **(report.get("float_convs") or {})}
+    layers = sorted({(v or {}).get("module") or name for name, v in nodes.items()})
+    total = sum(m for m, _ in macs.values())
+    kept = sum(macs[layer][0] for layer in layers if layer in macs)
+    return (kept / total if total else 0.0), layers
+
+
+def sweep_model(model_id: str, opts: SweepOptions, log) -> ModelResult:
+    """Convert one model (cache first) and measure each target's int8 artifact; errors become the result's."""
+    import torch
+
+    import espnet_mobile as em
+    from espnet_mobile import bench, convert
+    from espnet_mobile.deploy import make_deployable
+    from espnet_mobile.parity import check_parity
+    from espnet_mobile.zoo import get_entry
+    from espnet_mobile.zoo.flops import conv_macs_by_module
+
+    entry = get_entry(model_id)
+    h, w = opts.input_size or (entry.input_height, entry.input_width)
+    result = ModelResult(model_id, f"{h}x{w}", dt.date.today().isoformat(), git_commit())
+    backends = {t: BackendResult(t) for t in opts.targets}
+    result.backends = list(backends.values())
+    start = time.perf_counter()
+
+    def indent(line: str) -> None:
+        log(f"    {line}")
+
+    try:
+        log(f"  converting {', '.join(opts.targets)} fp32 and int8 (cached artifacts are kept)")
+        summary = convert.run(convert.ConvertOptions(
+            targets=list(opts.targets), model_id=model_id, precisions=["fp32", "int8"], out=Path(opts.out),
+            extra_delegates=False, input_size=opts.input_size, jobs=opts.jobs), log=indent)
+    except Exception as err:  # the whole model is lost: record why and go on with the next
+        result.errors.append(f"convert: {one_line(err)}")
+        result.seconds = round(time.perf_counter() - start, 1)
+        return result
+    for problem in summary.problems:
+        target = next((t for t in opts.targets if problem.startswith(t)), None)
+        if target is not None and backends[target].error is None:
+            backends[target].error = problem.replace("|", "/")[:300]
+    arts = {(a["target"], a["precision"]): a for a in summary.artifacts}
+    runnable = [t for t in opts.targets if (t, "int8") in arts]
+
+    if runnable:
+        log(f"  agreement with fp32 on {', '.join(RUNTIMES[t] for t in runnable)} (up to {opts.limit} photos)")
+        try:
+            parity = check_parity(summary.bundle, limit=opts.limit, only=",".join(RUNTIMES[t] for t in runnable),
+                                  culprit=False, log=indent)
+            result.photos = parity.summary["data"]
+            for rec in parity.records:
+                target = rec.target
+                if target not in backends or not rec.executed or rec.runtime != RUNTIMES[target]:
+                    continue
+                if rec.metrics is None:
+                    backends[target].error = f"{rec.precision} on {rec.runtime}: {'; '.join(rec.failures)}"[:300]
+                elif rec.precision in ("fp32", "int8"):
+                    setattr(backends[target], f"{rec.precision}_agreement", rec.metrics["pixel_agreement"])
+        except Exception as err:
+            result.errors.append(f"parity: {one_line(err)}")
+
+    kind = opts.eval_dataset.partition(":")[0] if opts.eval_dataset else None
+    if kind is None or kind != entry.dataset:
+        result.labels = f"no {entry.data.title} labels here"
+    elif runnable:
+        log(f"  mIoU against {opts.eval_dataset} labels")
+        try:
+            from espnet_mobile.evaluate import evaluate
+
+            ev = evaluate(summary.bundle, opts.eval_dataset, limit=opts.eval_limit,
+                          only={RUNTIMES[t] for t in runnable}, write=True, log=indent)
+            result.reference_miou = ev.reference().miou
+            result.labels = f"{entry.data.title} {ev.split}, {ev.images} photos"
+            for r in ev.records:
+                if r.target in backends and r.precision == "int8" and r.runtime == RUNTIMES[r.target]:
+                    backends[r.target].miou_int8 = r.miou
+        except Exception as err:
+            result.errors.append(f"evaluate: {one_line(err)}")
+
+    try:
+        deployable = make_deployable(em.build_model(entry), entry, height=h, width=w)
+        macs = conv_macs_by_module(deployable, torch.zeros(1, 3, h, w))
+        for target in runnable:
+            backends[target].float_share, backends[target].float_layers = float_share(arts[(target, "int8")], macs)
+    except Exception as err:
+        result.errors.append(f"float share: {one_line(err)}")
+
+    if ("executorch", "int8") in arts and opts.rounds > 0:
+        log(f"  latency: ExecuTorch int8 against PyTorch eager fp32, {opts.rounds} interleaved rounds")
+        try:
+            busy = bench.busy_cores()
+            rows, _ = bench.benchmark(summary.bundle, rounds=opts.rounds, warmup=3,
+                                      only={arts[("executorch", "int8")]["file"]})
+            if len(rows) > 1:
+                result.eager_ms, result.executorch_int8_ms = round(rows[0].median_ms, 2), round(rows[1].median_ms, 2)
+                result.bench_note = (f"spread {rows[0].spread:.0%} / {rows[1].spread:.0%}; other processes kept "
+                                     f"{busy:.2f} cores busy" if busy is not None else "")
+        except Exception as err:
+            result.errors.append(f"bench: {one_line(err)}")
+    result.seconds = round(time.perf_counter() - start, 1)
+    return result
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def format_table(results: dict[str, ModelResult], runs: list[dict], opts: SweepOptions) -> str:
+    """docs/zoo.md: how each figure was measured, one row per model and backend, what is not swept yet."""
+    from espnet_mobile.zoo import ZOO
+
+    latest = runs[-1] if runs else {}
+    lines = ["# The zoo in int8", "",
+             "Generated by `python -m espnet_mobile.zoo.sweep`; regenerate it rather than edit it. Latest run: "
+             f"`{latest.get('command', opts.command)}` on {latest.get('date', '-')} at commit "
+             f"{latest.get('commit', '-')}. Each row keeps the date and commit it was measured at.", "",
+             "## How each figure was measured", "",
+             "- **int8 agreement**: share of pixels whose argmax class from the int8 artifact, run on the runtime "
+             "named in the backend column, equals the PyTorch fp32 reference's (`espnet_mobile.parity`), pooled over "
+             "photos of the model's domain (listed under the table): street scenes for Cityscapes and CamVid models "
+             "(Cityscapes frames, then CamVid val frames), the sample photos for PASCAL models. int8 is calibrated "
+             "on other photos (CamVid train frames for street models). "
+             f"Target: at least {TARGET_AGREEMENT:.0%}; a `*` marks a figure below it.",
+             "- **fp32 agreement**: the same for the fp32 artifact: a check of the conversion itself.",
+             "- **mIoU fp32 -> int8**: `espnet_mobile.evaluate` against labels: the PyTorch fp32 reference, then the "
+             "int8 artifact on that runtime. Only where labels of the model's domain are here (CamVid val); there "
+             "are no Cityscapes or VOC labels on this machine.",
+             "- **float share**: multiply-accumulates of the convolutions the int8 artifact keeps in float, over "
+             "all convolution MACs of the deployable graph (counted as in `espnet_mobile.zoo.flops`; transposed "
+             "convolutions included). The float layers are those the quantizer reports: ExecuTorch's `fp32_nodes` "
+             "(high-gain convolutions, per-channel affines before a PReLU), LiteRT's float islands. Ops other "
+             "than convolutions that a runtime runs in float (XNNPACK's PReLU) are not counted.",
+             "- **ExecuTorch int8 vs eager fp32**: `espnet_mobile.bench` in one process: median latency of "
+             "interleaved rounds of PyTorch eager fp32 and the ExecuTorch XNNPACK int8 artifact on the same input, "
+             "default thread counts, on a 2-core machine shared with other jobs (its load is listed under the "
+             "table); speed-up = eager / int8.", "",
+             "| model | input | backend | int8 agreement | fp32 agreement | mIoU fp32 -> int8 | float share "
+             "| ExecuTorch int8 vs eager fp32 | measured |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    met = total = 0
+    notes = []
+    for model_id in [k for k in ZOO if k in results]:
+        r = results[model_id]
+        when = f"{r.date} {r.commit}"
+        if not r.backends or (r.errors and all(b.int8_agreement is None for b in r.backends)):
+            lines.append(f"| {model_id} | {r.input_size} | - | failed: {'; '.join(r.errors) or 'no result'} "
+                         f"| | | | | {when} |")
+            continue
+        for b in r.backends:
+            if b.int8_agreement is not None:
+                total += 1
+                met += b.int8_agreement >= TARGET_AGREEMENT
+            mark = "*" if b.int8_agreement is not None and b.int8_agreement < TARGET_AGREEMENT else ""
+            agreement = f"{_pct(b.int8_agreement)}{mark}" if b.error is None or b.int8_agreement is not None \
+                else f"failed: {b.error}"
+            miou = f"{r.reference_miou:.2f} -> {b.miou_int8:.2f}" if None not in (r.reference_miou, b.miou_int8) \
+                else "-"
+            share = "-" if b.float_share is None else f"{b.float_share:.2%}"
+            speed = "-"
+            if b.target == "executorch" and r.executorch_int8_ms and r.eager_ms:
+                speed = f"{r.executorch_int8_ms:.1f} vs {r.eager_ms:.1f} ms ({r.eager_ms / r.executorch_int8_ms:.2f}x)"
+            lines.append(f"| {model_id} | {r.input_size} | {LABELS.get(b.target, b.target)} | {agreement} "
+                         f"| {_pct(b.fp32_agreement)} | {miou} | {share} | {speed} | {when} |")
+        detail = [f"photos: {r.photos or '-'}", f"labels: {r.labels or '-'}"]
+        detail += [f"{LABELS.get(b.target, b.target)} float layers: {', '.join(b.float_layers)}"
+                   for b in r.backends if b.float_layers]
+        detail += [f"load: {r.bench_note}"] if r.bench_note else []
+        detail += [f"error: {e}" for e in r.errors]
+        notes.append(f"- `{model_id}` ({r.seconds:.0f} s): " + "; ".join(detail))
+    missing = [k for k in ZOO if k not in results]
+    lines += ["", f"int8 agreement at or above {TARGET_AGREEMENT:.0%}: {met} of {total} (model, backend) pairs.", "",
+              "## Per model", "", *notes, "",
+              "## Not swept yet", "", (", ".join(f"`{k}`" for k in missing) if missing else "none: every zoo model "
+                                       "has a row."), "", "## Runs", ""]
+    lines += [f"- {run['date']} at {run['commit']}: `{run['command']}` ({', '.join(run['models'])})" for run in runs]
+    return "\n".join(lines) + "\n"
+
+
+def load_previous(path: Path) -> tuple[dict[str, ModelResult], list[dict]]:
+    """Results of earlier sweeps, so a run over some models keeps the others' rows."""
+    if not path.is_file():
+        return {}, []
+    try:
+        data = json.loads(path.read_text())
+        return {k: ModelResult.from_json(v) for k, v in data["models"].items()}, list(data.get("runs", []))
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path} is not a sweep result ({one_line(err)}); pass another --json or remove it") \
+            from None
+
+
+def run(opts: SweepOptions, log=print) -> dict[str, ModelResult]:
+    """Sweep ``opts.models``; after each model the JSON and the table are rewritten (atomically)."""
+    from espnet_mobile.files import write_json_atomic, write_text_atomic
+
+    results, runs = load_previous(opts.json_path)
+    runs.append({"command": opts.command, "date": dt.date.today().isoformat(), "commit": git_commit(),
+                 "models": list(opts.models)})
+    swept: dict[str, ModelResult] = {}
+    for index, model_id in enumerate(opts.models, 1):
+        log(f"[{index}/{len(opts.models)}] {model_id}")
+        result = sweep_model(model_id, opts, log)
+        swept[model_id] = results[model_id] = result
+        figures = ", ".join(f"{b.target} int8 {_pct(b.int8_agreement)}" for b in result.backends)
+        log(f"[{index}/{len(opts.models)}] {model_id}: {figures} ({result.seconds:.0f} s)"
+            + "".join(f"\n    error: {e}" for e in result.errors + [b.error for b in result.backends if b.error]))
+        write_json_atomic(opts.json_path, {"models": {k: asdict(v) for k, v in results.items()}, "runs": runs})
+        if opts.table is not None:
+            write_text_atomic(opts.table, format_table(results, runs, opts))
+    return swept
+
+
+def parse_args(argv: list[str]) -> SweepOptions:
+    import converters
+
+    parser = argparse.ArgumentParser(prog="python -m espnet_mobile.zoo.sweep",
+                                     description="Convert zoo models to int8, measure them, write a table.")
+    parser.add_argument("--models", default="all", help=f"comma-separated ids, families ({', '.join(FAMILIES)}) "
+                        "or patterns like 'espnetv2_s_0.5_*' (default all)")
+    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="comma-separated (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("artifacts"), help="bundle root, reused across runs")
+    parser.add_argument("--table", type=Path, default=Path("docs/zoo.md"), help="markdown table to write")
+    parser.add_argument("--json", type=Path, default=None, help="results, merged across runs (default OUT/sweep.json)")
+    parser.add_argument("--limit", type=int, default=16, help="photos for the agreement check (default 16)")
+    parser.add_argument("--eval-dataset", default=None, metavar="KIND:DIR", help="labels for mIoU (camvid:DIR)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="score at most N labelled photos")
+    parser.add_argument("--jobs", type=int, default=1, help="conversion processes per model (default 1)")
+    parser.add_argument("--input-size", default=None, metavar="HxW", help="every model at this size (default: own)")
+    parser.add_argument("--rounds", type=int, default=20, help="bench rounds; 0 skips latency (default 20)")
+    args = parser.parse_args(argv)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    bad = [t for t in targets if t not in converters.names()]
+    if bad or not targets:
+        raise UserError(f"--targets: unknown {', '.join(bad) or 'nothing'}; "
+                        f"choose from {', '.join(converters.names())}")
+    for name in ("limit", "jobs", "eval_limit"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    size = None
+    if args.input_size:
+        try:
+            size = tuple(int(v) for v in args.input_size.lower().split("x"))
+            assert len(size) == 2
+        except (ValueError, AssertionError):
+            raise UserError(f"--input-size must look like 256x512, got {args.input_size!r}") from None
+    if args.eval_dataset:
+        from espnet_mobile import data
+        from espnet_mobile.evaluate import LABELLED_KINDS
+
+        if data.parse_spec(args.eval_dataset).kind not in LABELLED_KINDS:
+            raise UserError(f"--eval-dataset needs labels: {', '.join(k + ':DIR' for k in LABELLED_KINDS)}")
+    models = select_models([m.strip() for m in args.models.split(",") if m.strip()])
+    return SweepOptions(models, targets, args.out, args.table, args.json, args.limit, args.eval_dataset,
+                        args.eval_limit, args.jobs, size, args.rounds,
+                        command=shlex.join(["python", "-m", "espnet_mobile.zoo.sweep", *argv]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when every model and backend gave its figures, 1 when one failed, 2 for bad input."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def body() -> int:
+        results = run(parse_args(argv))
+        failed = [k for k, r in results.items() if r.errors or any(b.error for b in r.backends)]
+        print(f"swept {len(results)} models" + (f"; with errors: {', '.join(failed)}" if failed else ""))
+        return 1 if failed else 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
