@@ -11,7 +11,7 @@ Precisions:
   float32, with casts at the edges).
 * ``int8``: int8 weights *and* activations. The module is quantized with PT2E
   using :func:`coreml_quantizer` (per-channel symmetric int8 weights, static
-  per-tensor int8 activations), calibrated on ``req.calibration``,
+  per-tensor affine int8 activations), calibrated on ``req.calibration``,
   or taken from ``req.qat_module`` (prepared with ``prepare_qat_pt2e`` and
   fine-tuned). The quantize/dequantize graph converts to MIL ``quantize`` /
   ``dequantize`` activation ops and ``constexpr_affine_dequantize`` int8
@@ -60,7 +60,9 @@ BACKEND = Backend(
     name="coreml", extension="mlpackage",
     delegates={"coreml": ("fp32", "fp16", "int8")},
     convert=convert, tool_versions=_versions,
-    writer_version=2,  # 2: package item identifiers derived from their content (reproducible bytes)
+    # 2: package item identifiers derived from their content (reproducible bytes)
+    # 3: int8 activations affine (zero points) instead of symmetric
+    writer_version=3,
     quantizer=lambda qat: coreml_quantizer(is_qat=qat), simulate_int8=_simulate_int8, qat_name="coreml",
     runtimes=_runtimes, debugger="converters.coreml.debugger", float_layers_option="float_modules",
 )

@@ -182,18 +182,23 @@ def _batch_norms_to_depthwise(model: torch.fx.GraphModule) -> int:
 def coreml_quantizer(
     is_qat: bool = False,
     activation_observer: str = "minmax",
-    symmetric_activations: bool = True,
+    symmetric_activations: bool = False,
     float_modules: Sequence[str] = (),
 ) -> Any:
     """PT2E quantizer for Core ML: int8 per-channel symmetric weights, static
-    int8 per-tensor symmetric activations on every tensor of the graph.
+    int8 per-tensor affine activations (with a zero point) on every tensor of the graph.
 
     Convolutions and linear layers absorb a following batch norm and
     activation (one quantized tensor after the group, as Core ML fuses them);
     reshapes, transposes, zero padding, pooling and interpolation share the
     scale of their input; a concatenation requantizes to a scale of its own.
-    The model input (an image in [0, 1]) is quantized with a zero point so
-    that it keeps all 256 levels; every other activation is symmetric.
+    Activations are affine by default: most tensors here follow a PReLU or a
+    residual sum and are nearly one-sided, so a symmetric scale would leave
+    half of the 256 levels unused - one bit lost on every tensor, which costs
+    ESPNet on CamVid ~18 mIoU (51.6 vs 67.6 on 5 val frames in the PT2E
+    simulation); MIL quantize/dequantize take the zero point as is.
+    ``symmetric_activations=True`` restores zero points of 0 (the image input
+    keeps its zero point either way).
     QAT code must prepare with ``coreml_quantizer(is_qat=True)`` to produce a
     ``req.qat_module`` quantized the same way.
 
