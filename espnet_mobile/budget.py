@@ -14,10 +14,9 @@ again, and in the end fails with how far it is rather than leaving a poor artifa
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,17 +101,13 @@ class Choice:
     shares: list[float] = field(default_factory=list)  # each layer's share of the conv MACs
     ranked: list[tuple[str, float]] = field(default_factory=list)  # every layer (module, MAC share), best first
     seconds: float = 0.0
+    # more(target): add ranked layers until the simulated figure reaches ``target``; None once done
+    more: Callable[[float], bool] | None = field(default=None, repr=False, compare=False)
 
     @property
     def macs_share(self) -> float:
         return min(1.0, float(sum(self.shares)))  # shares are rounded to 5 digits
 
-    def with_layers(self, count: int) -> Choice:
-        """The same choice with the first ``count`` ranked layers (for another attempt)."""
-        out = copy.copy(self)
-        out.layers = [m for m, _ in self.ranked[:count]]
-        out.shares = [s for _, s in self.ranked[:count]]
-        return out
 
 
 def choose(quantizable: torch.nn.Module, reference: torch.nn.Module, backend: str,
@@ -134,26 +129,36 @@ def choose(quantizable: torch.nn.Module, reference: torch.nn.Module, backend: st
                     round(int8_all, 4), round(int8_all, 4))
     log(f"int8 budget ({backend}): {_unit(metric)} fp32 {fp32:.2f}, all-int8 {int8_all:.2f} on "
         f"{data.description} (budget {budget:g} points)")
-    if fp32 - int8_all <= budget:
-        choice.seconds = round(time.perf_counter() - start, 1)
-        return choice
+    state: dict[str, Any] = {"graph": gm, "rows": None}
 
-    ranking = data.subset(RANK_PHOTOS)
-    rank_scorer = scorer_for(ranking, entry, reference)
-    layers = S.conv_layers(gm)
-    with tqdm(total=len(layers), desc=f"ranking {len(layers)} convs ({backend})", unit="layer",
-              leave=False, disable=None) as bar:
-        _, rows = S.scan(gm, layers, rank_scorer, rank=metric, progress=lambda *_: bar.update(1))
-    choice.ranked = [(r.module, float(r.macs_share)) for r in rows]
-    current = gm
-    for row in rows:
-        current = S.with_layer_in_float(current, row.node)
-        choice.layers.append(row.module)
-        choice.shares.append(float(row.macs_share))
-        choice.simulated = round(points(scorer(current), metric), 4)
-        log(f"  + {row.module} in float ({row.macs_share:.2%} of conv MACs): simulated {choice.simulated:.2f}")
-        if fp32 - choice.simulated <= budget:
-            break
+    def more(target: float) -> bool:
+        """Put the next most sensitive convs in float until the simulation reaches ``target``; False if none left."""
+        if state["rows"] is None:  # the ranking, once, when the first layer is needed
+            ranking = data.subset(RANK_PHOTOS)
+            layers = S.conv_layers(gm)
+            with tqdm(total=len(layers), desc=f"ranking {len(layers)} convs ({backend})", unit="layer",
+                      leave=False, disable=None) as bar:
+                _, rows = S.scan(gm, layers, scorer_for(ranking, entry, reference), rank=metric,
+                                 progress=lambda *_: bar.update(1))
+            state["rows"] = rows
+            choice.ranked = [(r.module, float(r.macs_share)) for r in rows]
+        rows = state["rows"]
+        added = False
+        while len(choice.layers) < len(rows):
+            row = rows[len(choice.layers)]
+            state["graph"] = S.with_layer_in_float(state["graph"], row.node)
+            choice.layers.append(row.module)
+            choice.shares.append(float(row.macs_share))
+            choice.simulated = round(points(scorer(state["graph"]), metric), 4)
+            added = True
+            log(f"  + {row.module} in float ({row.macs_share:.2%} of conv MACs): simulated {choice.simulated:.2f}")
+            if choice.simulated >= target:
+                break
+        return added
+
+    choice.more = more
+    if fp32 - int8_all > budget:
+        more(fp32 - budget)
     choice.seconds = round(time.perf_counter() - start, 1)
     return choice
 
@@ -202,7 +207,3 @@ def describe_miss(label: str, choice: Choice, measured: float) -> str:
             f"points on {choice.data} ({loss - choice.budget:.2f} over) with {len(choice.layers)} convs in float "
             f"({choice.macs_share:.1%} of conv MACs); allow more points, or fine-tune with python -m "
             "espnet_mobile.qat and convert with --qat-checkpoint")
-
-
-def as_dict(choice: Choice) -> dict[str, Any]:
-    return asdict(choice)

@@ -562,14 +562,15 @@ def _meet_budget(item: Pending, outcome: Outcome, golden: list, data, entry, dep
             f"(budget {choice.budget:g})")
         if fp32 - value <= choice.budget:
             return outcome, BU.manifest_entry(choice, value, runtime), None
-        more = min(len(choice.ranked), len(choice.layers) + attempt)
-        if attempt >= BU.MAX_ATTEMPTS or more <= len(choice.layers) or backend.float_layers_option is None:
+        # The artifact lost more than its simulation: aim the simulation higher by that difference.
+        target = fp32 - choice.budget + max(0.0, choice.simulated - value)
+        if attempt >= BU.MAX_ATTEMPTS or backend.float_layers_option is None or choice.more is None \
+                or not choice.more(target):
             for path in (item.request.out_path, Path(item.request.out_path).with_suffix(".bpte")):
                 _remove(Path(path))
             return outcome, None, BU.describe_miss(f"{job.label}", choice, value)
-        choice = choice.with_layers(more)
         item.request.options[backend.float_layers_option] = list(choice.layers)
-        log(f"{item.prefix}: converting again with {more} convs in float")
+        log(f"{item.prefix}: converting again with {len(choice.layers)} convs in float")
         outcome = convert_one(job, item.request, golden, item.nhwc)
         if outcome.error is not None or outcome.result is None:
             return outcome, None, None
