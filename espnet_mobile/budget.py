@@ -38,6 +38,7 @@ class BudgetData:
     inputs: list[torch.Tensor]  # each (1, 3, H, W), RGB [0, 1]
     labels: list[np.ndarray | None]
     description: str
+    _scorer: Any = field(default=None, repr=False, compare=False)  # built once: reference masks cost a pass
 
     @property
     def metric(self) -> str:
@@ -74,10 +75,13 @@ def budget_data(entry, height: int, width: int, *, eval_dataset: str | None, spl
 
 
 def scorer_for(data: BudgetData, entry, reference: torch.nn.Module):
+    """The scorer of ``data`` against ``reference`` (one per data: every caller passes the same fp32 model)."""
     from espnet_mobile.sensitivity import Scorer
 
-    scored = [i for i in range(entry.num_classes) if i != entry.data.void_index]
-    return Scorer(data.inputs, data.labels, entry.num_classes, scored, reference)
+    if data._scorer is None:
+        scored = [i for i in range(entry.num_classes) if i != entry.data.void_index]
+        data._scorer = Scorer(data.inputs, data.labels, entry.num_classes, scored, reference)
+    return data._scorer
 
 
 def points(scored, metric: str) -> float:

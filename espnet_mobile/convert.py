@@ -385,8 +385,8 @@ def _convert(opts: ConvertOptions, log) -> tuple[Path, list[dict], list[str], di
                  "graph": GRAPH_VERSION}
         if ptq:
             extra["equalization"] = EQ.VERSION
-            extra["int8_budget"] = opts.int8_budget
             if opts.int8_budget is not None:
+                extra["int8_budget"] = opts.int8_budget
                 extra["budget_data"] = [opts.eval_dataset, opts.eval_split, opts.eval_limit, str(opts.images or "")]
         key = cache_key(job, manifest, versions, extra)
         if not opts.force and _up_to_date(bundle, manifest, name, key):
@@ -422,7 +422,7 @@ def _convert(opts: ConvertOptions, log) -> tuple[Path, list[dict], list[str], di
                 budget_data = _budget_data(opts, entry, height, width)
             choice = _budget_choice(backend, job, choices, module, deployable, calibration, budget_data, opts,
                                     entry, log)
-            if choice is not None and choice.layers:
+            if choice.layers:
                 options[backend.float_layers_option] = list(choice.layers)
         request = ConversionRequest(
             module=module, example_input=torch.from_numpy(golden[0].input), precision=job.precision,
@@ -517,7 +517,8 @@ def _budget_data(opts: ConvertOptions, entry, height: int, width: int):
 
 
 def _budget_choice(backend, job: Job, choices: dict, module, deployable, calibration, data, opts, entry, log):
-    """The float layers for this int8 job (chosen once per quantizer); None when the backend keeps none."""
+    """The float layers for this int8 job (chosen once per quantizer); a backend that cannot keep layers in
+    float gets an empty choice, measured only."""
     from espnet_mobile import budget as BU
 
     if backend.float_layers_option is None or backend.qat_name is None or job.delegate != backend.default_delegate:

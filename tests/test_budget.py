@@ -90,6 +90,7 @@ def _budget_convert(small, out: Path, points: str) -> int:
                          "--calibration", str(photos), "--images", str(photos), "--int8-budget", points])
 
 
+@pytest.mark.slow  # a real int8 conversion and its measurement
 def test_budget_met_is_recorded_with_the_float_layers(small, tmp_path: Path) -> None:
     assert _budget_convert(small, tmp_path, "100") == 0
     manifest = json.loads((tmp_path / small[3] / "manifest.json").read_text())
@@ -101,6 +102,7 @@ def test_budget_met_is_recorded_with_the_float_layers(small, tmp_path: Path) -> 
     assert budget["float_layers"] == [] and budget["float_macs_share"] == 0.0
 
 
+@pytest.mark.slow  # three int8 conversions: the retries with more float layers, then the failure
 def test_artifact_missing_its_budget_fails_with_how_far_and_is_removed(small, tmp_path: Path, capsys,
                                                                         monkeypatch) -> None:
     """The artifact is measured, not trusted to the simulation: one that loses 5 points under a 1-point
