@@ -416,6 +416,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _module_of_node(gm: torch.fx.GraphModule, name: str) -> str:
+    from converters.base import module_path
+
+    node = next((n for n in gm.graph.nodes if n.name == name), None)
+    return module_path(node) if node is not None else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         args = parse_args(argv)
@@ -432,9 +439,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-def _module_of_node(gm: torch.fx.GraphModule, name: str) -> str:
-    from converters.base import module_path
-
-    node = next((n for n in gm.graph.nodes if n.name == name), None)
-    return module_path(node) if node is not None else ""

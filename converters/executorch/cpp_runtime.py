@@ -294,10 +294,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 # --------------------------------------------------------------------------- registry
 
 
@@ -318,3 +314,7 @@ from converters.base import RuntimeSpec  # noqa: E402 - the registry reads this 
 RUNTIMES = [RuntimeSpec("executorch-cpp", "CPU",
                         "ExecuTorch C++ runtime (et_runner, the code an Android app calls through JNI), XNNPACK",
                         ("executorch",), ("xnnpack",), _load, _status)]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -486,11 +486,6 @@ def _main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-if __name__ == "__main__":
-    raise SystemExit(_main())
-
-
-
 # --------------------------------------------------------------------------- registry
 
 
@@ -512,3 +507,7 @@ RUNTIMES = [
     RuntimeSpec("litert-gpu-fp32", "GPU", _GPU_LABEL + ", fp32 enforced", ("tflite",), ("gpu",),
                 _load_fp32, lavapipe_status),
 ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
