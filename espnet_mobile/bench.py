@@ -39,6 +39,8 @@ class Row:
     bytes: int | None
     conversion_seconds: float | None
     times_ms: list[float] = field(default_factory=list)
+    float_share: float | None = None  # conv MACs an --int8-budget artifact keeps in float
+    float_layers: int | None = None
 
     @property
     def median_ms(self) -> float:
@@ -131,7 +133,11 @@ def benchmark(bundle: Path, rounds: int = 30, warmup: int = 5, threads: int | No
         if runner is None:
             notes.append(f"{art['file']}: no runner for {label} here")
             continue
-        runners.append((Row(label, art["precision"], art["bytes"], art.get("conversion_seconds")), runner))
+        budget = (art.get("quantization") or {}).get("budget") or {}
+        row = Row(label, art["precision"], art["bytes"], art.get("conversion_seconds"),
+                  float_share=budget.get("float_macs_share"),
+                  float_layers=len(budget["float_layers"]) if "float_layers" in budget else None)
+        runners.append((row, runner))
     for _, run in runners:
         for _ in range(warmup):
             run(x)
@@ -170,12 +176,13 @@ def target_checks(rows: list[Row]) -> list[tuple[str, float, float, bool]]:
 def format_table(rows: list[Row]) -> str:
     eager = rows[0].median_ms
     lines = [f"{'artifact':<28} {'prec':<5} {'median ms':>10} {'spread':>7} {'speed-up':>9} {'size MB':>8} "
-             f"{'convert s':>10}", "-" * 83]
+             f"{'convert s':>10} {'float':>12}", "-" * 96]
     for r in rows:
         size = f"{r.bytes / 1e6:.2f}" if r.bytes else "-"
         conv = f"{r.conversion_seconds:.1f}" if r.conversion_seconds is not None else "-"
+        kept = f"{r.float_share:.2%}/{r.float_layers}" if r.float_share is not None else "-"
         lines.append(f"{r.name:<28} {r.precision:<5} {r.median_ms:>10.2f} {r.spread:>6.0%} "
-                     f"{eager / r.median_ms:>8.2f}x {size:>8} {conv:>10}")
+                     f"{eager / r.median_ms:>8.2f}x {size:>8} {conv:>10} {kept:>12}")
     return "\n".join(lines)
 
 
@@ -198,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.bundle}: {args.rounds} interleaved rounds, median latency per artifact "
               "(spread: 90th - 10th percentile, over the median)")
         print(format_table(rows))
+        if any(r.float_share is not None for r in rows):
+            print("  float: share of conv MACs / convs kept in float by --int8-budget (the manifest's budget entry)")
         for note in notes:
             print(f"  {note}")
         for warning in (before, after):

@@ -129,9 +129,11 @@ def test_bench_names_a_busy_machine_and_shows_spread() -> None:
     steady = Row("pytorch eager (reference)", "fp32", None, None, [10.0] * 9 + [10.5, 10.5])
     noisy = Row("tflite", "int8", 1_000_000, 12.0, [9.0, 5.0, 5.0, 4.0, 5.0, 5.0, 6.0, 5.0, 5.0, 3.0, 5.0])
     assert steady.spread == pytest.approx(0.05) and noisy.spread == pytest.approx(0.4)
-    table = format_table([steady, noisy]).splitlines()
-    assert table[0].split()[-6:-4] == ["spread", "speed-up"]
-    assert table[2].split()[-4:-2] == ["5%", "1.00x"] and table[3].split()[-4:-2] == ["40%", "2.00x"]
+    budgeted = Row("executorch", "int8", 900_000, 30.0, [2.5] * 11, float_share=0.0123, float_layers=3)
+    table = format_table([steady, noisy, budgeted]).splitlines()
+    assert table[0].split()[-7:-5] == ["spread", "speed-up"] and table[0].split()[-1] == "float"
+    assert table[2].split()[-5:-3] == ["5%", "1.00x"] and table[3].split()[-5:-3] == ["40%", "2.00x"]
+    assert table[3].split()[-1] == "-" and table[4].split()[-1] == "1.23%/3"
 
 
 def test_bench_sees_another_process_keep_a_core_busy() -> None:
