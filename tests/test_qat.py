@@ -328,6 +328,32 @@ def test_distill_data_holds_out_photos(tmp_path):
     assert len(np.unique(views[:: len(qat_data.HOLDOUT_VIEWS)], axis=0)) == 4  # four different photos
 
 
+def test_distill_scored_on_labels_trains_on_every_photo(tmp_path):
+    """--eval-data: the distillation photos all train; the labelled val split (its own labels) is scored."""
+    from PIL import Image
+
+    from espnet_mobile.data import synthetic
+    from tests.test_evaluate import _write_camvid
+
+    photos = tmp_path / "frames"
+    photos.mkdir()
+    for i, (rgb, _) in enumerate(synthetic.scenes(5, 70, 90, 21)):
+        Image.fromarray(rgb).save(photos / f"p{i}.png")
+    rng = np.random.default_rng(1)
+    labels = [rng.integers(0, 12, (60, 80), dtype=np.uint8) for _ in range(3)]
+    camvid = _write_camvid(tmp_path / "camvid", "val", [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)] * 3,
+                           labels)
+    data = qat_data.load_data(f"distill:{photos}", height=SIZE, width=SIZE, num_classes=12,
+                              eval_data=f"camvid:{camvid}")
+    assert sorted(data.train_names) == [f"p{i}.png" for i in range(5)] and data.distill
+    assert data.heldout_inputs.shape == (3, 3, SIZE, SIZE) and data.eval_data == f"camvid:{camvid}"
+    assert data.heldout_labels is not None and data.heldout_labels.shape == (3, SIZE, SIZE)
+    assert set(np.unique(data.heldout_labels)) <= set(range(11)) | {qat_data.IGNORE}  # 11 = unlabelled
+    with pytest.raises(UserError, match="has no labels"):
+        qat_data.load_data(f"distill:{photos}", height=SIZE, width=SIZE, num_classes=12,
+                           eval_data=f"distill:{photos}")
+
+
 def test_teacher_labels_skip_unsure_pixels():
     logits = torch.zeros(1, 3, 2, 2)
     logits[0, 1, 0, 0] = 5.0  # confident
@@ -424,6 +450,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys, tiny_weights):
         (["--data", "imagenet:/x"], "unknown data spec"),
         (["--steps", "0"], "--steps must be >= 1"),
         (["--out", str(tmp_path), "--resume"], "no checkpoint"),
+        (["--data", "synthetic:3", "--eval-data", f"camvid:{tmp_path}"], "drop --eval-data"),
+        (["--data", f"distill:{tmp_path}", "--eval-data", f"camvid:{tmp_path}"], "camvid labels do not index"),
     ]
     for extra, message in cases:
         argv = ["--model", TINY, "--backend", "xnnpack", "--weights", str(tiny_weights), "--no-progress", *extra]

@@ -62,6 +62,7 @@ class RunConfig:
     model: str
     backend: str
     data: str = "synthetic"
+    eval_data: str | None = None  # labelled KIND:DIR whose val split scores a distill: run
     input_size: tuple[int, int] | None = None
     steps: int | None = None
     epochs: float | None = None
@@ -116,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", required=True, choices=qat_graph.backends())
     p.add_argument("--data", default=None,
                    help="synthetic[:N] | cityscapes:DIR | voc:DIR | camvid:DIR | distill:DIR (default synthetic)")
+    p.add_argument("--eval-data", default=None, metavar="KIND:DIR",
+                   help="with distill: score on this labelled dataset's val split (camvid:DIR, cityscapes:DIR, "
+                        "voc:DIR) instead of the teacher's labels of held-out photos; every photo then trains")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, default=None, help=f"QAT steps (default {DEFAULT_STEPS})")
     length.add_argument("--epochs", type=float, default=None, help="QAT epochs over the training split")
@@ -160,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Options compared with the checkpoint on --resume when given (argparse default None = not given).
-CONFIG_OPTIONS = ("data", "input_size", "steps", "epochs", "fp32_steps", "batch_size", "lr", "fp32_lr", "seed",
-                  "weights", "observer_freeze", "bn_freeze", "temperature", "kd_weight", "eval_every",
+CONFIG_OPTIONS = ("data", "eval_data", "input_size", "steps", "epochs", "fp32_steps", "batch_size", "lr", "fp32_lr",
+                  "seed", "weights", "observer_freeze", "bn_freeze", "temperature", "kd_weight", "eval_every",
                   "calibration_images", "max_trained_gain")
 
 
@@ -183,6 +187,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
     for name in ("observer_freeze", "bn_freeze"):
         if getattr(args, name) is not None and not 0.0 <= getattr(args, name) <= 1.0:
             raise UserError(f"--{name.replace('_', '-')} is a fraction of the steps, between 0 and 1")
+    if args.eval_data is not None and not (args.data or "").startswith("distill:"):
+        raise UserError("--eval-data scores a distill: run on labels; a labelled --data is already scored on its "
+                        "own val split - drop --eval-data")
     values = {name: getattr(args, name) for name in CONFIG_OPTIONS if name != "input_size"}
     values["input_size"] = _parse_size(args.input_size) if args.input_size else None
     given = {name for name, v in values.items() if v is not None}

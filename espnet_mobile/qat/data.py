@@ -16,7 +16,8 @@ Held-out split:
   labels by nearest neighbour; training uses the ``train`` split;
 * ``distill:DIR``: every fourth photo in name order (at least one) is held out,
   and each gives :data:`HOLDOUT_VIEWS` fixed crops; their labels are the teacher's
-  argmax, computed once.
+  argmax, computed once; with a labelled ``eval_data`` (``--eval-data camvid:DIR``)
+  every photo trains and that dataset's ``val`` split, with its labels, is scored.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class QATData:
     heldout_inputs: np.ndarray  # (N, 3, H, W) float32 in [0, 1]
     heldout_labels: np.ndarray | None  # (N, H, W) uint8; None for distill until the teacher labels them
     heldout_names: list[str] = field(default_factory=list)
+    eval_data: str | None = None  # the labelled dataset scoring a distill: run, if any
 
     @property
     def distill(self) -> bool:
@@ -133,7 +135,8 @@ def _resize_box(rgb: np.ndarray, box, width: int, height: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def load_data(text: str, *, height: int, width: int, num_classes: int, eval_limit: int | None = None) -> QATData:
+def load_data(text: str, *, height: int, width: int, num_classes: int, eval_limit: int | None = None,
+              eval_data: str | None = None) -> QATData:
     """Open a ``--data`` spec: lazy training samples and the held-out inputs (and labels)."""
     from espnet_mobile.data import LAYOUTS
     from espnet_mobile.data.images import list_images, load_rgb
@@ -141,6 +144,17 @@ def load_data(text: str, *, height: int, width: int, num_classes: int, eval_limi
     kind, spec = parse_data(text)
     if kind == "distill":
         files = list_images(spec)
+        if eval_data is not None:
+            eval_kind, eval_spec = parse_data(eval_data)
+            if eval_kind in ("distill", "synthetic"):
+                raise UserError(f"--eval-data {eval_data!r} has no labels; use camvid:DIR, cityscapes:DIR or voc:DIR")
+            if not files:
+                raise UserError(f"distill:{spec} has no photos")
+            heldout = _heldout_from_samples(iter_samples(eval_spec, split="val", limit=eval_limit), height, width)
+            if not len(heldout[0]):
+                raise UserError(f"--eval-data {eval_data}: no val split to score")
+            return QATData(text, kind, [_photo_loader(f) for f in files], [f.name for f in files], heldout[0],
+                           heldout[1], heldout[2], eval_data=eval_data)
         if len(files) < 2:
             raise UserError(f"distill:{spec} needs at least 2 photos (one is held out), found {len(files)}")
         held = [f for i, f in enumerate(files) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1] or [files[-1]]

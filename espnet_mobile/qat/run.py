@@ -136,8 +136,12 @@ class Run:
             self.log(f"resuming {self.ckpt_path}: phase {ckpt['phase']}, step {ckpt['step']} "
                      f"({self.wall_before:.0f} s so far)")
         cfg = self.cfg
+        labels_kind = (cfg.eval_data or cfg.data).split(":", 1)[0]
+        if labels_kind in ("cityscapes", "voc", "camvid") and labels_kind != self.entry.dataset:
+            raise UserError(f"{cfg.model} predicts the {self.entry.data.title} classes, which {labels_kind} labels do "
+                            f"not index; use {self.entry.dataset}:DIR labels or distill:DIR photos")
         self.data = qat_data.load_data(cfg.data, height=self.h, width=self.w, num_classes=self.entry.num_classes,
-                                eval_limit=cfg.eval_limit)
+                                eval_limit=cfg.eval_limit, eval_data=cfg.eval_data)
         _, per_epoch = self._steps_for(len(self.data.train))
         if ckpt is None:
             state, path, sha = _base_weights(cfg, self.entry)
@@ -152,7 +156,9 @@ class Run:
         if self.data.distill:
             teacher = qat_graph.trainable_deployable(_reference(self.entry, base_state), self.entry, self.h,
                                                      self.w).eval()
-            object.__setattr__(self.data, "heldout_labels", qat_eval.teacher_labels(teacher, self.data.heldout_inputs))
+            if self.data.heldout_labels is None:  # no --eval-data: the teacher labels the held-out photos
+                object.__setattr__(self.data, "heldout_labels",
+                                   qat_eval.teacher_labels(teacher, self.data.heldout_inputs))
             self.coverage = self._class_coverage(teacher)
             if self.coverage["absent_from_training"]:
                 self.log(f"warning: the held-out crops show {', '.join(self.coverage['absent_from_training'])}, "
@@ -509,7 +515,8 @@ class Run:
             "heldout": {"inputs": int(len(self.data.heldout_inputs)),
                         "labels": (f"teacher argmax (fp32 model) where its top probability >= "
                                    f"{qat_eval.TEACHER_CONFIDENCE}; {self._unscored():.1%} of pixels not scored")
-                        if self.data.distill else "ground truth"},
+                        if self.data.distill and self.data.eval_data is None
+                        else f"ground truth ({self.data.eval_data or cfg.data} val)"},
             "fp32_miou": fp32, "ptq_int8_miou": ptq, "qat_int8_miou": qat,
             "qat_fake_quant_miou": final["fake_quant_miou"], "qat_fp32_miou": final["fp32_miou"],
             "gap_closed": _gap_closed(fp32, ptq, qat),
