@@ -2,8 +2,8 @@
 
 The fast tests sweep nothing: ``sweep_model`` is replaced by a fake that returns made-up
 figures (one model failing), so they check what the command does with results. The slow
-test sweeps one model of each family and size at 128x256 for ExecuTorch and LiteRT, then
-sweeps again and checks that nothing is converted twice.
+test sweeps one model of each family at 128x256 for ExecuTorch and LiteRT, then sweeps
+again and checks that nothing is converted twice.
 """
 
 from __future__ import annotations
@@ -90,8 +90,10 @@ def test_float_share_counts_the_macs_of_float_layers() -> None:
     assert S.float_share({"report": {}}, macs) == (0.0, [])
 
 
-# One of each family and size: ESPNet small, ESPNet-C large, ESPNetv2 small (PASCAL) and large (Cityscapes).
-SLOW_MODELS = ["espnet_p_2_q_3", "espnetc_p_2_q_8", "espnetv2_s_0.5_pascal_256x256", "espnetv2_s_2.0_city_512x256"]
+# One of each family, the smallest: ESPNet, ESPNet-C, ESPNetv2. The large ESPNetv2 (s=2.0, the default model)
+# is quantized in test_equalize (its 97% agreement) and converted in test_converter_coreml; sweeping it here
+# too cost CI more than ten minutes.
+SLOW_MODELS = ["espnet_p_2_q_3", "espnetc_p_2_q_3", "espnetv2_s_0.5_pascal_256x256"]
 
 
 @pytest.mark.slow
