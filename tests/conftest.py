@@ -67,3 +67,34 @@ def checkpoint_path(weights_dir: Path, model_id: str) -> Path:
 
     entry = get_entry(model_id)
     return weights_dir / entry.weights_subdir / entry.checkpoint
+
+
+#: A small model for tests whose cost is an ExecuTorch lowering per conversion: ESPNet-C's exported graph
+#: has 217 nodes against ESPNetv2 s=0.5's 926, so each lowering takes about a quarter of the time.
+SMALL_LOWERING_MODEL = "espnetc_p_2_q_3"
+
+
+@pytest.fixture(scope="session")
+def small_lowering_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Randomly initialised (seed 0) weights of SMALL_LOWERING_MODEL: no checkpoint needed."""
+    import torch
+
+    import espnet_mobile as em
+
+    path = tmp_path_factory.mktemp("weights") / f"{SMALL_LOWERING_MODEL}_random.pth"
+    torch.manual_seed(0)
+    torch.save(em.build_model(em.get_entry(SMALL_LOWERING_MODEL)).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six synthetic 80x96 scenes as PNG files: calibration and check photos for small conversions."""
+    from PIL import Image
+
+    from espnet_mobile.data import synthetic
+
+    folder = tmp_path_factory.mktemp("photos")
+    for i, (rgb, _) in enumerate(synthetic.scenes(6, 80, 96, 21)):
+        Image.fromarray(rgb).save(folder / f"scene{i}.png")
+    return folder

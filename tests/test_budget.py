@@ -8,7 +8,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from espnet_mobile import budget as BU
 from espnet_mobile import convert
@@ -66,24 +65,12 @@ def test_budget_with_qat_checkpoint_is_refused(tmp_path: Path, capsys) -> None:
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    from PIL import Image
+def small(small_lowering_weights, photos):
+    """What a budget conversion needs; the model is the small-lowering one, as each budget attempt is a
+    lowering."""
+    from tests.conftest import SMALL_LOWERING_MODEL
 
-    import espnet_mobile as em
-    from espnet_mobile.data import synthetic
-
-    # ESPNet-C: a graph a quarter the size of ESPNetv2's, so each ExecuTorch lowering (the cost of these
-    # tests: one per budget attempt) takes a quarter of the time.
-    model, size = "espnetc_p_2_q_3", "64x128"
-    root = tmp_path_factory.mktemp("budget")
-    torch.manual_seed(0)
-    weights = root / "random.pth"
-    torch.save(em.build_model(em.get_entry(model)).state_dict(), weights)
-    photos = root / "photos"
-    photos.mkdir()
-    for i, (rgb, _) in enumerate(synthetic.scenes(6, 80, 96, 21)):
-        Image.fromarray(rgb).save(photos / f"scene{i}.png")
-    return root, weights, photos, model, size
+    return small_lowering_weights.parent, small_lowering_weights, photos, SMALL_LOWERING_MODEL, "64x128"
 
 
 def _budget_convert(small, out: Path, points: str) -> int:

@@ -36,18 +36,6 @@ def random_weights(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def photos(tmp_path_factory) -> Path:
-    from PIL import Image
-
-    from espnet_mobile.data import synthetic
-
-    folder = tmp_path_factory.mktemp("photos")
-    for i, (rgb, _) in enumerate(synthetic.scenes(6, 80, 96, 21)):
-        Image.fromarray(rgb).save(folder / f"scene{i}.png")
-    return folder
-
-
 def _convert(out: Path, weights: Path, *args: str) -> int:
     return convert.main(["--model", MODEL, "--weights", str(weights), "--input-size", SIZE, "--out", str(out),
                          *args])
@@ -230,20 +218,18 @@ def test_console_keeps_library_info_records_out_even_when_a_library_sets_root_to
 
 
 @pytest.mark.slow
-def test_jobs_2_writes_the_same_bytes_as_jobs_1(tmp_path, photos) -> None:
+def test_jobs_2_writes_the_same_bytes_as_jobs_1(tmp_path, small_lowering_weights, photos) -> None:
     """Worker processes (their own hash seeds) must not change an artifact: Core ML metadata order,
     package identifiers and int8 calibration statistics all had been process- or thread-dependent.
-    On ESPNet-C, whose graph is a quarter of ESPNetv2's: six int8 conversions of ESPNetv2 took 10 minutes."""
+    On the small-lowering model: six int8 conversions of ESPNetv2 took 10 minutes."""
     from espnet_mobile.files import sha256_path
+    from tests.conftest import SMALL_LOWERING_MODEL as model
 
-    model = "espnetc_p_2_q_3"
-    weights = tmp_path / "espnetc_random.pth"
-    torch.manual_seed(0)
-    torch.save(em.build_model(em.get_entry(model)).state_dict(), weights)
     shas = {}
     for jobs in ("1", "2"):
         out = tmp_path / f"jobs{jobs}"
-        assert convert.main(["--model", model, "--weights", str(weights), "--input-size", "64x128", "--out", str(out),
+        assert convert.main(["--model", model, "--weights", str(small_lowering_weights), "--input-size", "64x128",
+                             "--out", str(out),
                              "--target", "all", "--precision", "int8", "--no-extra-delegates",
                              "--calibration", str(photos), "--jobs", jobs]) in (0, 2)
         bundle = out / model
