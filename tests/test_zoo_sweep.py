@@ -45,21 +45,25 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path) -> No
 
 
 def _fake(model_id: str, opts: S.SweepOptions, log) -> S.ModelResult:
-    """Figures that differ per model; the first espnetc model fails in conversion."""
+    """Figures that differ per model, for the requested targets; the first espnetc model fails in conversion."""
     if model_id.startswith("espnetc"):
         return S.ModelResult(model_id, "512x1024", "2026-12-05", "abc1234", errors=["convert: ConversionError: boom"])
     rank = list(ZOO).index(model_id)
     backends = [S.BackendResult("executorch", 0.99 - rank / 1000, 1.0, 60.0, 0.0),
-                S.BackendResult("tflite", 0.90, 1.0, None, 0.0123, ["body.x.conv"], None)]
+                S.BackendResult("tflite", 0.90, 1.0, None, 0.0123, ["body.x.conv"], None),
+                S.BackendResult("coreml", 0.95, 1.0, 59.5, 0.0, date="2026-12-06", commit="def5678")]
+    backends = [b for b in backends if b.target in opts.targets]
+    bench = (50.0, 20.0) if "executorch" in opts.targets else (None, None)
     return S.ModelResult(model_id, "360x480", "2026-12-05", "abc1234", "4 CamVid val frames", backends, 61.0,
-                         "CamVid val, 4 photos", 50.0, 20.0)
+                         "CamVid val, 4 photos", *bench)
 
 
 def test_table_states_figures_failures_and_what_is_left(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(S, "sweep_model", _fake)
     table, out = tmp_path / "docs" / "zoo.md", tmp_path / "art"
     first = ["espnet_p_2_q_8_camvid", "espnetc_p_2_q_3"]
-    assert S.main(["--models", ",".join(first), "--out", str(out), "--table", str(table)]) == 1  # one failed
+    assert S.main(["--models", ",".join(first), "--targets", "executorch,tflite", "--out", str(out),
+                   "--table", str(table)]) == 1  # one failed
     text = table.read_text()
     rank = list(ZOO).index("espnet_p_2_q_8_camvid")
     assert f"{0.99 - rank / 1000:.2%} |" in text  # above the target: no mark
@@ -70,15 +74,25 @@ def test_table_states_figures_failures_and_what_is_left(monkeypatch, tmp_path: P
     assert "## How each figure was measured" in text and S.git_commit() in text
     left = text.split("## Not swept yet")[1].split("##")[0]
     assert all(f"`{k}`" in left for k in ZOO if k not in first) and "`espnetc_p_2_q_3`" not in left
-    assert [p.name for p in table.parent.iterdir()] == ["zoo.md"]  # written atomically: no temporaries left
+    # The results are kept beside the table (to be committed with it), written atomically: no temporaries left.
+    assert sorted(p.name for p in table.parent.iterdir()) == ["zoo.json", "zoo.md"] and not out.exists()
 
     # A second run over another model keeps the first run's rows and lists both runs.
-    assert S.main(["--models", "espnet_p_2_q_3", "--out", str(out), "--table", str(table)]) == 0
-    merged = json.loads((out / "sweep.json").read_text())
+    assert S.main(["--models", "espnet_p_2_q_3", "--targets", "executorch,tflite", "--out", str(out),
+                   "--table", str(table)]) == 0
+    merged = json.loads(table.with_suffix(".json").read_text())
     assert set(merged["models"]) == {*first, "espnet_p_2_q_3"} and len(merged["runs"]) == 2
     text = table.read_text()
     assert "| espnet_p_2_q_8_camvid |" in text and "| espnet_p_2_q_3 |" in text
     assert text.count("\n- 20") == 2  # the two runs, each with its date
+
+    # A third run adds one backend to a swept model: its other rows, latency and mIoU stay, with their dates.
+    assert S.main(["--models", "espnet_p_2_q_8_camvid", "--targets", "coreml", "--out", str(out),
+                   "--table", str(table)]) == 0
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| espnet_p_2_q_8_camvid |")]
+    assert [row.split(" | ")[2] for row in rows] == ["ExecuTorch XNNPACK", "LiteRT CPU", "Core ML (MIL interpreter)"]
+    assert "20.0 vs 50.0 ms (2.50x)" in rows[0] and rows[0].endswith("2026-12-05 abc1234 |")
+    assert "61.00 -> 59.50" in rows[2] and rows[2].endswith("2026-12-06 def5678 |")
 
 
 def test_float_share_counts_the_macs_of_float_layers() -> None:

@@ -8,8 +8,10 @@ zoo shows which family or size loses it. Every step is the project's own: ``conv
 (its cache, so a resumed sweep converts nothing twice), ``parity.check_parity`` on photos
 of the model's domain, ``evaluate`` where labels of that domain exist, ``bench.benchmark``
 (interleaved rounds) for latency and ``zoo.flops`` for the share of MACs kept in float.
-A model that fails is a row with its error, never the end of the sweep; results of earlier
-runs (``--json``) are kept for the models a run does not sweep, so the table grows run by run.
+A model that fails is a row with its error, never the end of the sweep. Results live in a JSON
+file beside the table (``docs/zoo.json``), committed with it: a later run keeps the rows of the
+models and backends it does not sweep, so the table grows run by run (``--targets coreml`` over
+a swept model adds its Core ML row and keeps the others).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from espnet_mobile.errors import UserError, run_cli
@@ -50,7 +52,7 @@ class SweepOptions:
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     out: Path = Path("artifacts")
     table: Path | None = Path("docs/zoo.md")
-    json: Path | None = None  # None: <out>/sweep.json
+    json: Path | None = None  # None: beside the table (docs/zoo.json), else <out>/sweep.json
     limit: int = 16  # photos for the agreement check
     eval_dataset: str | None = None
     eval_limit: int | None = None
@@ -61,7 +63,10 @@ class SweepOptions:
 
     @property
     def json_path(self) -> Path:
-        return self.json or Path(self.out) / "sweep.json"
+        """The results the table is made from: kept beside it, so that a partial re-run cannot lose rows."""
+        if self.json is not None:
+            return self.json
+        return Path(self.table).with_suffix(".json") if self.table is not None else Path(self.out) / "sweep.json"
 
 
 @dataclass
@@ -73,6 +78,8 @@ class BackendResult:
     float_share: float | None = None
     float_layers: list[str] = field(default_factory=list)
     error: str | None = None
+    date: str = ""  # when this backend was measured ("": the model's date)
+    commit: str = ""
 
 
 @dataclass
@@ -160,7 +167,7 @@ def sweep_model(model_id: str, opts: SweepOptions, log) -> ModelResult:
     entry = get_entry(model_id)
     h, w = opts.input_size or (entry.input_height, entry.input_width)
     result = ModelResult(model_id, f"{h}x{w}", dt.date.today().isoformat(), git_commit())
-    backends = {t: BackendResult(t) for t in opts.targets}
+    backends = {t: BackendResult(t, date=result.date, commit=result.commit) for t in opts.targets}
     result.backends = list(backends.values())
     start = time.perf_counter()
 
@@ -282,8 +289,8 @@ def format_table(results: dict[str, ModelResult], runs: list[dict], opts: SweepO
     notes = []
     for model_id in [k for k in ZOO if k in results]:
         r = results[model_id]
-        when = f"{r.date} {r.commit}"
         if not r.backends or (r.errors and all(b.int8_agreement is None for b in r.backends)):
+            when = f"{r.date} {r.commit}"
             lines.append(f"| {model_id} | {r.input_size} | - | failed: {'; '.join(r.errors) or 'no result'} "
                          f"| | | | | {when} |")
             continue
@@ -300,6 +307,7 @@ def format_table(results: dict[str, ModelResult], runs: list[dict], opts: SweepO
             speed = "-"
             if b.target == "executorch" and r.executorch_int8_ms and r.eager_ms:
                 speed = f"{r.executorch_int8_ms:.1f} vs {r.eager_ms:.1f} ms ({r.eager_ms / r.executorch_int8_ms:.2f}x)"
+            when = f"{b.date or r.date} {b.commit or r.commit}"
             lines.append(f"| {model_id} | {r.input_size} | {LABELS.get(b.target, b.target)} | {agreement} "
                          f"| {_pct(b.fp32_agreement)} | {miou} | {share} | {speed} | {when} |")
         detail = [f"photos: {r.photos or '-'}", f"labels: {r.labels or '-'}"]
@@ -329,6 +337,29 @@ def load_previous(path: Path) -> tuple[dict[str, ModelResult], list[dict]]:
             from None
 
 
+def merge_result(old: ModelResult | None, new: ModelResult) -> ModelResult:
+    """``new``, plus the backends of ``old`` that this run did not measure (same input size only).
+
+    Model-level figures that only some targets produce (latency: ExecuTorch; reference mIoU)
+    are carried over when this run has none, so that the kept rows still show theirs.
+    """
+    if old is None or old.input_size != new.input_size:
+        return new
+    measured = {b.target for b in new.backends}
+    kept = [replace(b, date=b.date or old.date, commit=b.commit or old.commit)
+            for b in old.backends if b.target not in measured]
+    order = {t: i for i, t in enumerate(DEFAULT_TARGETS)}
+    backends = sorted(new.backends + kept, key=lambda b: order.get(b.target, len(order)))
+    merged = replace(new, backends=backends)
+    if new.eager_ms is None and "executorch" not in measured:
+        merged.eager_ms, merged.executorch_int8_ms, merged.bench_note = \
+            old.eager_ms, old.executorch_int8_ms, old.bench_note
+    if new.reference_miou is None and any(b.miou_int8 is not None for b in kept):
+        merged.reference_miou, merged.labels = old.reference_miou, old.labels
+    merged.photos = new.photos or old.photos
+    return merged
+
+
 def run(opts: SweepOptions, log=print) -> dict[str, ModelResult]:
     """Sweep ``opts.models``; after each model the JSON and the table are rewritten (atomically)."""
     from espnet_mobile.files import write_json_atomic, write_text_atomic
@@ -340,7 +371,8 @@ def run(opts: SweepOptions, log=print) -> dict[str, ModelResult]:
     for index, model_id in enumerate(opts.models, 1):
         log(f"[{index}/{len(opts.models)}] {model_id}")
         result = sweep_model(model_id, opts, log)
-        swept[model_id] = results[model_id] = result
+        swept[model_id] = result
+        results[model_id] = merge_result(results.get(model_id), result)
         figures = ", ".join(f"{b.target} int8 {_pct(b.int8_agreement)}" for b in result.backends)
         log(f"[{index}/{len(opts.models)}] {model_id}: {figures} ({result.seconds:.0f} s)"
             + "".join(f"\n    error: {e}" for e in result.errors + [b.error for b in result.backends if b.error]))
@@ -360,7 +392,8 @@ def parse_args(argv: list[str]) -> SweepOptions:
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="comma-separated (default %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("artifacts"), help="bundle root, reused across runs")
     parser.add_argument("--table", type=Path, default=Path("docs/zoo.md"), help="markdown table to write")
-    parser.add_argument("--json", type=Path, default=None, help="results, merged across runs (default OUT/sweep.json)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="results, merged across runs (default: beside --table, docs/zoo.json)")
     parser.add_argument("--limit", type=int, default=16, help="photos for the agreement check (default 16)")
     parser.add_argument("--eval-dataset", default=None, metavar="KIND:DIR", help="labels for mIoU (camvid:DIR)")
     parser.add_argument("--eval-limit", type=int, default=None, help="score at most N labelled photos")
