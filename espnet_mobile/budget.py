@@ -150,7 +150,8 @@ def choose(quantizable: torch.nn.Module, reference: torch.nn.Module, backend: st
         added = False
         while len(choice.layers) < len(rows):
             row = rows[len(choice.layers)]
-            state["graph"] = S.with_layer_in_float(state["graph"], row.node)
+            chosen = [r.node for r in rows[:len(choice.layers) + 1]]
+            state["graph"] = S.with_layers_in_float(gm, chosen)  # together: adjacent float layers pass float
             choice.layers.append(row.module)
             choice.shares.append(float(row.macs_share))
             choice.simulated = round(points(scorer(state["graph"]), metric), 4)

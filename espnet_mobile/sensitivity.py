@@ -8,16 +8,16 @@ The model is quantized the way ``convert`` does post-training int8 for the backe
 layers, calibrated on frames of the data's ``train`` split, each also mirrored), once.
 The converted PT2E graph simulates int8 in PyTorch (quantize/dequantize pairs around
 float ops). Then, one convolution at a time, that layer is put back in float: its
-weight is read unquantized and the quantize/dequantize pairs on its input and on its
-output (through the activation after it) are bypassed, so the layer computes in float
-from its int8 input and passes its output on in float. Each variant is scored on ``--limit`` photos of
+weight is read unquantized and it computes in float from its int8 input; its output is
+quantized again for the int8 layers that read it, as a backend's float layer is (only
+layers in float together pass float tensors to each other). Each variant is scored on ``--limit`` photos of
 ``--split``: mIoU against the labels and argmax agreement with the fp32 deployable
 graph. Layers are ranked by the mIoU they recover (by agreement with ``--rank
 agreement``, or when the data has no labels); each row also gives the layer's share
 of the model's multiply-accumulates, the cost of keeping it in float.
 
-This simulation is a guide, not an artifact: a backend that keeps a layer in float
-quantizes its output again where an int8 layer reads it. ``convert`` keeps the layers
+This simulation is a guide, not an artifact (it computes in fp32 where Core ML uses
+fp16, and with PyTorch's rounding). ``convert`` keeps the layers
 you choose in float on ExecuTorch XNNPACK with ``int8_fp32_layers`` (module paths, as
 printed here).
 """
@@ -130,32 +130,53 @@ _ACTIVATIONS = {torch.ops.aten.relu.default, torch.ops.aten.relu_.default, torch
 
 
 def with_layer_in_float(gm: torch.fx.GraphModule, name: str) -> torch.fx.GraphModule:
-    """A copy of ``gm`` in which convolution ``name`` and its activation run in float.
+    """A copy of ``gm`` in which convolution ``name`` alone runs in float (see :func:`with_layers_in_float`)."""
+    return with_layers_in_float(gm, [name])
 
-    Its weight is read unquantized, and every quantize/dequantize pair on its output,
-    through the activation that follows it, is bypassed: the next layers read its
-    float output. Its input keeps its quantization, as a backend's float layer reads
-    its int8 producer's output.
+
+def with_layers_in_float(gm: torch.fx.GraphModule, names: Iterable[str]) -> torch.fx.GraphModule:
+    """A copy of ``gm`` in which the convolutions ``names`` and their activations run in float.
+
+    Each reads its weight unquantized and computes in float from its int8 input. Its
+    output (through the activation that follows it) stays float only where another of
+    ``names`` reads it, or where it is the model's output: every other reader is an int8 op, and a backend
+    quantizes a float layer's output again for it (PT2E annotates each op's inputs). A run
+    of adjacent float layers is therefore a float island; a single float layer between
+    int8 ones recovers little more than its weights' rounding.
     """
     out = copy.deepcopy(gm)
-    node = next(n for n in out.graph.nodes if n.name == name)
-    source = _float_source(node.args[1])
-    if source is not None:
-        node.replace_input_with(node.args[1], source)
-    todo = [node]
-    while todo:
-        current = todo.pop()
-        for user in list(current.users):
-            if _is_quantize(user):
-                for dq in [u for u in user.users if _is_dequantize(u)]:
-                    dq.replace_all_uses_with(current)
-                    out.graph.erase_node(dq)
-                if not user.users:
-                    out.graph.erase_node(user)
-                todo.append(current)  # its users now include the dequantizes' former users
-                break
-            if user.op == "call_function" and user.target in _ACTIVATIONS and user.args[0] is current:
-                todo.append(user)
+    by_name = {n.name: n for n in out.graph.nodes}
+    chosen = [by_name[name] for name in dict.fromkeys(names)]
+    in_float = set(chosen)
+    for node in chosen:
+        source = _float_source(node.args[1])
+        if source is not None:
+            node.replace_input_with(node.args[1], source)
+
+    def reads_in_float(consumer: torch.fx.Node, value: torch.fx.Node) -> bool:
+        if consumer.op == "output":
+            return True  # the logits: no reader to quantize them for
+        if consumer.op != "call_function" or not consumer.args or consumer.args[0] is not value:
+            return False
+        return consumer in in_float or consumer.target in _ACTIVATIONS
+
+    for node in chosen:
+        todo = [node]
+        while todo:
+            current = todo.pop()
+            for user in list(current.users):
+                if _is_quantize(user):
+                    for dq in [u for u in user.users if _is_dequantize(u)]:
+                        for consumer in [c for c in dq.users if reads_in_float(c, dq)]:
+                            consumer.replace_input_with(dq, current)
+                            if consumer.target in _ACTIVATIONS:
+                                todo.append(consumer)
+                        if not dq.users:
+                            out.graph.erase_node(dq)
+                    if not user.users:
+                        out.graph.erase_node(user)
+                elif user.op == "call_function" and user.target in _ACTIVATIONS and user.args[0] is current:
+                    todo.append(user)
     out.graph.eliminate_dead_code()
     out.recompile()
     return out

@@ -14,13 +14,18 @@ pytest.importorskip("executorch")
 pytest.importorskip("torchao")
 
 
+RATIO = 150.0  # large tap over the largest small one
+
+
 class OutlierNet(nn.Module):
-    """Three convs; the middle one writes one channel ~40x larger than the others.
+    """Three convs; int8 rounds away the middle one's weights.
 
-    Its weight gain stays under the converter's automatic float threshold (100).
-
-    Per-tensor int8 on its output leaves the seven small channels a few levels, so
-    that layer is where the error comes from.
+    Every output channel of the middle conv has one large tap (1.0) on a stem channel
+    that the ReLU always zeroes, and taps at least 150x smaller elsewhere: per-channel
+    int8 rounds most small taps to 0 or one level, so that layer's weights are where the error
+    comes from, and only that layer in float removes it (its output is quantized again
+    for the head either way). Its weight gain stays under the converter's automatic
+    float threshold (100).
     """
 
     def __init__(self) -> None:
@@ -31,9 +36,12 @@ class OutlierNet(nn.Module):
             self.middle = nn.Conv2d(8, 8, 3, padding=1)
             self.head = nn.Conv2d(8, 5, 1)
         with torch.no_grad():
-            self.middle.weight[0].mul_(40.0)
-            self.middle.bias[0] = 0.0
-            self.head.weight[:, 0].div_(40.0)
+            self.stem.bias[0] = -100.0  # channel 0 is always zero after the ReLU
+            factor = 1.0 / (RATIO * self.middle.weight.abs().max())
+            self.middle.weight.mul_(factor)
+            self.middle.bias.mul_(factor)
+            self.head.weight.div_(factor)  # the head reads the small signal at its former scale
+            self.middle.weight[:, 0, 1, 1] = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.relu(self.middle(torch.relu(self.stem(x)))))
@@ -65,13 +73,29 @@ def test_every_layer_in_float_is_the_float_model_on_the_int8_input(quantized):
     x = _inputs(1, seed=2)[0]
     with torch.no_grad():
         assert (gm(x) - net(x)).abs().max() > 1e-3  # int8 is not float
-        for layer in S.conv_layers(gm):
-            gm = S.with_layer_in_float(gm, layer.node)
+        gm = S.with_layers_in_float(gm, [layer.node for layer in S.conv_layers(gm)])
         (q,) = [n for n in gm.graph.nodes if S._is_quantize(n)]
         assert q.args[0].op == "placeholder"
         scale, zero_point, qmin, qmax = q.args[1:5]
         x_int8 = torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero_point), int(qmin), int(qmax))
         torch.testing.assert_close(gm(x), net(x_int8), rtol=1e-5, atol=1e-5)
+
+
+def test_a_float_layer_is_quantized_again_for_its_int8_reader(quantized):
+    """As in an artifact: only layers in float together pass float tensors; the logits stay float."""
+    _, gm, _ = quantized
+    _stem, middle, head = (layer.node for layer in S.conv_layers(gm))
+
+    def reads(graph: torch.fx.GraphModule, name: str) -> torch.fx.Node:
+        return next(n for n in graph.graph.nodes if n.name == name).args[0]
+
+    alone = S.with_layers_in_float(gm, [middle])
+    assert S._is_dequantize(reads(alone, middle)) and S._is_dequantize(reads(alone, head))
+    together = S.with_layers_in_float(gm, [middle, head])
+    assert S._is_dequantize(reads(together, middle))
+    assert reads(together, head).target is torch.ops.aten.relu.default  # middle's float output, through its ReLU
+    (output,) = [n for n in together.graph.nodes if n.op == "output"]
+    assert not any(S._is_dequantize(a) for a in output.all_input_nodes)
 
 
 def test_variant_leaves_the_source_graph_alone(quantized):
