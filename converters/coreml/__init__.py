@@ -62,7 +62,8 @@ BACKEND = Backend(
     convert=convert, tool_versions=_versions,
     # 2: package item identifiers derived from their content (reproducible bytes)
     # 3: int8 activations affine (zero points) instead of symmetric
-    writer_version=3,
+    # 4: int8 activation ranges from histograms instead of min/max
+    writer_version=4,
     quantizer=lambda qat: coreml_quantizer(is_qat=qat), simulate_int8=_simulate_int8, qat_name="coreml",
     runtimes=_runtimes, debugger="converters.coreml.debugger", float_layers_option="float_modules",
 )

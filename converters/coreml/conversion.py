@@ -102,7 +102,7 @@ def convert(req: ConversionRequest) -> ConversionResult:
     iOS17/macOS14 or later), ``compute_units`` (ALL | CPU_ONLY | CPU_AND_GPU |
     CPU_AND_NE, stored in the model's metadata and the result),
     ``int8_compute_precision`` (fp16 | fp32 for the float parts of an int8
-    model), ``activation_observer`` (minmax | histogram, int8 calibration),
+    model), ``activation_observer`` (histogram (default) | minmax, int8 calibration),
     ``float_modules`` (module paths kept in float in an int8 model).
     """
     started = time.perf_counter()
@@ -133,7 +133,7 @@ def convert(req: ConversionRequest) -> ConversionResult:
         quantizer = None
         if req.qat_module is None:
             quantizer = coreml_quantizer(
-                activation_observer=str(opts.get("activation_observer", "minmax")),
+                activation_observer=str(opts.get("activation_observer", "histogram")),
                 float_modules=tuple(opts.get("float_modules", ())),
             )
         quantized, qinfo = quantize_pt2e(

@@ -181,7 +181,7 @@ def _batch_norms_to_depthwise(model: torch.fx.GraphModule) -> int:
 
 def coreml_quantizer(
     is_qat: bool = False,
-    activation_observer: str = "minmax",
+    activation_observer: str = "histogram",
     symmetric_activations: bool = False,
     float_modules: Sequence[str] = (),
 ) -> Any:
@@ -199,6 +199,11 @@ def coreml_quantizer(
     simulation); MIL quantize/dequantize take the zero point as is.
     ``symmetric_activations=True`` restores zero points of 0 (the image input
     keeps its zero point either way).
+    Activation ranges come from histograms by default (the range that
+    minimises the quantization error), not from the extremes: a few outlier
+    pixels no longer stretch a tensor's scale. On CamVid val (101 photos,
+    ``espnet_p_2_q_8_camvid``) the artifact scored 69.25 mIoU with histogram
+    ranges against 68.22 with ``activation_observer="minmax"`` (fp32 70.10).
     QAT code must prepare with ``coreml_quantizer(is_qat=True)`` to produce a
     ``req.qat_module`` quantized the same way.
 
