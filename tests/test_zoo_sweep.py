@@ -95,6 +95,30 @@ def test_table_states_figures_failures_and_what_is_left(monkeypatch, tmp_path: P
     assert "61.00 -> 59.50" in rows[2] and rows[2].endswith("2026-12-06 def5678 |")
 
 
+def test_parallel_sweeps_keep_each_others_rows(monkeypatch, tmp_path: Path) -> None:
+    """Two sweeps sharing one results file (one per core): a row the other wrote while this one
+    was converting survives this one's write."""
+    table, out = tmp_path / "docs" / "zoo.md", tmp_path / "art"
+
+    def meanwhile(model_id, opts, log):
+        if model_id == "espnet_p_2_q_8_camvid":  # the other sweep finishes while this one converts
+            monkeypatch.setattr(S, "sweep_model", _fake)
+            assert S.main(["--models", "espnet_p_2_q_3", "--targets", "executorch", "--out", str(out),
+                           "--table", str(table)]) == 0
+            monkeypatch.setattr(S, "sweep_model", meanwhile)
+        return _fake(model_id, opts, log)
+
+    monkeypatch.setattr(S, "sweep_model", meanwhile)
+    assert S.main(["--models", "espnet_p_2_q_8_camvid", "--targets", "executorch", "--out", str(out),
+                   "--table", str(table)]) == 0
+    merged = json.loads(table.with_suffix(".json").read_text())
+    assert set(merged["models"]) == {"espnet_p_2_q_8_camvid", "espnet_p_2_q_3"}
+    assert [r["models"] for r in merged["runs"]] == [["espnet_p_2_q_3"], ["espnet_p_2_q_8_camvid"]]
+    text = table.read_text()
+    assert "| espnet_p_2_q_8_camvid |" in text and "| espnet_p_2_q_3 |" in text
+    assert sorted(p.name for p in table.parent.iterdir()) == ["zoo.json", "zoo.md"]
+
+
 def test_float_share_counts_the_macs_of_float_layers() -> None:
     macs = {"body.a": (300.0, False), "body.b": (100.0, False), "body.up": (600.0, True)}
     et = {"report": {"quantization": {"fp32_nodes": {"conv2d_1": {"module": "body.b", "reason": "x"}}}}}

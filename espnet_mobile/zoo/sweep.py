@@ -17,6 +17,7 @@ a swept model adds its Core ML row and keeps the others).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import fnmatch
 import json
@@ -360,25 +361,49 @@ def merge_result(old: ModelResult | None, new: ModelResult) -> ModelResult:
     return merged
 
 
+@contextlib.contextmanager
+def _locked(json_path: Path):
+    """Hold an exclusive lock on the folder of ``json_path`` while its results are read, merged and
+    written: sweeps of different models run in parallel (one per core) share one results file.
+    The folder, not a lock file, so that nothing is left beside the table."""
+    import fcntl
+    import os
+
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(json_path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def run(opts: SweepOptions, log=print) -> dict[str, ModelResult]:
-    """Sweep ``opts.models``; after each model the JSON and the table are rewritten (atomically)."""
+    """Sweep ``opts.models``; after each model the JSON and the table are rewritten (atomically).
+
+    The results file is read again before each write, under a lock, so that rows another sweep
+    wrote in the meantime are kept."""
     from espnet_mobile.files import write_json_atomic, write_text_atomic
 
-    results, runs = load_previous(opts.json_path)
-    runs.append({"command": opts.command, "date": dt.date.today().isoformat(), "commit": git_commit(),
-                 "models": list(opts.models)})
+    load_previous(opts.json_path)  # a broken results file stops the run before any conversion
+    this_run = {"command": opts.command, "date": dt.date.today().isoformat(), "commit": git_commit(),
+                "models": list(opts.models)}
     swept: dict[str, ModelResult] = {}
     for index, model_id in enumerate(opts.models, 1):
         log(f"[{index}/{len(opts.models)}] {model_id}")
         result = sweep_model(model_id, opts, log)
         swept[model_id] = result
-        results[model_id] = merge_result(results.get(model_id), result)
         figures = ", ".join(f"{b.target} int8 {_pct(b.int8_agreement)}" for b in result.backends)
         log(f"[{index}/{len(opts.models)}] {model_id}: {figures} ({result.seconds:.0f} s)"
             + "".join(f"\n    error: {e}" for e in result.errors + [b.error for b in result.backends if b.error]))
-        write_json_atomic(opts.json_path, {"models": {k: asdict(v) for k, v in results.items()}, "runs": runs})
-        if opts.table is not None:
-            write_text_atomic(opts.table, format_table(results, runs, opts))
+        with _locked(opts.json_path):
+            results, runs = load_previous(opts.json_path)
+            results[model_id] = merge_result(results.get(model_id), result)
+            if this_run not in runs:
+                runs.append(this_run)
+            write_json_atomic(opts.json_path, {"models": {k: asdict(v) for k, v in results.items()}, "runs": runs})
+            if opts.table is not None:
+                write_text_atomic(opts.table, format_table(results, runs, opts))
     return swept
 
 
