@@ -37,7 +37,7 @@ from __future__ import annotations
 from converters.base import Backend, RuntimeSpec
 from converters.coreml.conversion import convert
 from converters.coreml.mil import iter_mil_ops, mil_dtype_counts, mil_op_counts
-from converters.coreml.quantize import coreml_quantizer, quantize_pt2e
+from converters.coreml.quantize import coreml_quantizer, quantize_choosing_observer, quantize_pt2e
 from converters.coreml.toolchain import tool_versions as _tool_versions
 
 
@@ -46,7 +46,7 @@ def _versions(_delegate: str, precision: str) -> dict[str, str]:
 
 
 def _simulate_int8(module, example, calibration):
-    converted, _ = quantize_pt2e(module, example, calibration=calibration, quantizer=coreml_quantizer())
+    converted, _ = quantize_choosing_observer(module, example, calibration)  # as the converter does
     return converted
 
 
@@ -62,7 +62,7 @@ BACKEND = Backend(
     convert=convert, tool_versions=_versions,
     # 2: package item identifiers derived from their content (reproducible bytes)
     # 3: int8 activations affine (zero points) instead of symmetric
-    # 4: int8 activation ranges from histograms instead of min/max
+    # 4: int8 activation ranges from min/max or histograms, whichever agrees better with float
     writer_version=4,
     quantizer=lambda qat: coreml_quantizer(is_qat=qat), simulate_int8=_simulate_int8, qat_name="coreml",
     runtimes=_runtimes, debugger="converters.coreml.debugger", float_layers_option="float_modules",

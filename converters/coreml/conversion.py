@@ -18,7 +18,7 @@ from converters.base import (
     stable_mlpackage_ids,
 )
 from converters.coreml.mil import exported_op_counts, mil_op_counts
-from converters.coreml.quantize import coreml_quantizer, quantize_pt2e
+from converters.coreml.quantize import coreml_quantizer, quantize_choosing_observer, quantize_pt2e
 from converters.coreml.toolchain import (
     _OP_CONST,
     COMPUTE_UNITS,
@@ -102,7 +102,8 @@ def convert(req: ConversionRequest) -> ConversionResult:
     iOS17/macOS14 or later), ``compute_units`` (ALL | CPU_ONLY | CPU_AND_GPU |
     CPU_AND_NE, stored in the model's metadata and the result),
     ``int8_compute_precision`` (fp16 | fp32 for the float parts of an int8
-    model), ``activation_observer`` (histogram (default) | minmax, int8 calibration),
+    model), ``activation_observer`` (minmax | histogram; default: both tried, the one agreeing best with
+    float on the calibration inputs kept),
     ``float_modules`` (module paths kept in float in an int8 model).
     """
     started = time.perf_counter()
@@ -130,15 +131,18 @@ def convert(req: ConversionRequest) -> ConversionResult:
 
     report: dict[str, Any] = {}
     if req.precision == "int8":
-        quantizer = None
-        if req.qat_module is None:
-            quantizer = coreml_quantizer(
-                activation_observer=str(opts.get("activation_observer", "histogram")),
-                float_modules=tuple(opts.get("float_modules", ())),
+        float_modules = tuple(opts.get("float_modules", ()))
+        if req.qat_module is None and "activation_observer" not in opts:
+            quantized, qinfo = quantize_choosing_observer(module, example, req.calibration or [],
+                                                          float_modules=float_modules)
+        else:
+            quantizer = None
+            if req.qat_module is None:
+                quantizer = coreml_quantizer(activation_observer=str(opts["activation_observer"]),
+                                             float_modules=float_modules)
+            quantized, qinfo = quantize_pt2e(
+                module, example, calibration=req.calibration, qat_module=req.qat_module, quantizer=quantizer
             )
-        quantized, qinfo = quantize_pt2e(
-            module, example, calibration=req.calibration, qat_module=req.qat_module, quantizer=quantizer
-        )
         program = _export(quantized, example)
         report["quantization"] = qinfo
         compute = str(opts.get("int8_compute_precision", "fp16"))

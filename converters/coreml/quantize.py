@@ -181,7 +181,7 @@ def _batch_norms_to_depthwise(model: torch.fx.GraphModule) -> int:
 
 def coreml_quantizer(
     is_qat: bool = False,
-    activation_observer: str = "histogram",
+    activation_observer: str = "minmax",
     symmetric_activations: bool = False,
     float_modules: Sequence[str] = (),
 ) -> Any:
@@ -199,11 +199,10 @@ def coreml_quantizer(
     simulation); MIL quantize/dequantize take the zero point as is.
     ``symmetric_activations=True`` restores zero points of 0 (the image input
     keeps its zero point either way).
-    Activation ranges come from histograms by default (the range that
-    minimises the quantization error), not from the extremes: a few outlier
-    pixels no longer stretch a tensor's scale. On CamVid val (101 photos,
-    ``espnet_p_2_q_8_camvid``) the artifact scored 69.25 mIoU with histogram
-    ranges against 68.22 with ``activation_observer="minmax"`` (fp32 70.10).
+    ``activation_observer`` picks how activation ranges are calibrated:
+    ``"minmax"`` (the extremes) or ``"histogram"`` (the range that minimises
+    the rounding and clipping error); :func:`quantize_choosing_observer`
+    measures both and keeps the better.
     QAT code must prepare with ``coreml_quantizer(is_qat=True)`` to produce a
     ``req.qat_module`` quantized the same way.
 
@@ -451,3 +450,46 @@ def quantize_pt2e(
     return converted, info
 
 
+
+
+#: Activation observers tried by :func:`quantize_choosing_observer`, the cheaper first (kept on a tie).
+OBSERVERS = ("minmax", "histogram")
+
+
+def quantize_choosing_observer(
+    module: torch.nn.Module,
+    example_input: torch.Tensor,
+    calibration: Sequence[torch.Tensor],
+    *,
+    float_modules: Sequence[str] = (),
+    scored: int = 8,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Quantize with each activation observer and keep the one whose int8 graph agrees best with
+    the float model (argmax per pixel) on the first ``scored`` calibration inputs.
+
+    Neither observer wins for every model: on CamVid val, ESPNet's Core ML int8 artifact scored
+    69.25 mIoU with histogram ranges and 68.22 with min/max (fp32 70.10); on the sample photos the
+    default ESPNetv2's agreed with fp32 on 96.02% of pixels with histogram ranges and 98.94% with
+    min/max. The agreement of each is kept in the report (``observer_agreement``)."""
+    batches = calibration_batches(calibration, example_input) if calibration else []
+    if not batches:
+        raise ConversionError(f"int8 Core ML conversion needs calibration data or a QAT model: {_CALIBRATION_FIX}")
+    held = batches[:scored]
+    with torch.no_grad():
+        reference = [module(x).argmax(1) for x in held]
+    best: tuple[str, torch.nn.Module, dict[str, Any]] | None = None
+    agreement: dict[str, float] = {}
+    started = time.perf_counter()
+    for observer in OBSERVERS:
+        quantizer = coreml_quantizer(activation_observer=observer, float_modules=float_modules)
+        quantized, info = quantize_pt2e(module, example_input, calibration=batches, quantizer=quantizer)
+        with torch.no_grad():
+            same = sum(float((quantized(x).argmax(1) == r).float().mean())
+                       for x, r in zip(held, reference, strict=True))
+        agreement[observer] = round(100.0 * same / len(held), 4)
+        if best is None or agreement[observer] > agreement[best[0]]:  # a tie keeps the earlier
+            best = (observer, quantized, info)
+    chosen, quantized, info = best
+    info = {**info, "activation_observer": chosen, "observer_agreement": agreement, "observer_inputs": len(held),
+            "seconds": round(time.perf_counter() - started, 3)}
+    return quantized, info
