@@ -62,8 +62,9 @@ BACKEND = Backend(
     convert=convert, tool_versions=_versions,
     # 2: package item identifiers derived from their content (reproducible bytes)
     # 3: int8 activations affine (zero points) instead of symmetric
-    # 4: int8 activation ranges from min/max or histograms, whichever agrees better with float
-    writer_version=4,
+    # 4: int8 activation ranges from histograms instead of min/max
+    # 5: int8 activation ranges from min/max or histograms, whichever agrees better with float
+    writer_version=5,
     quantizer=lambda qat: coreml_quantizer(is_qat=qat), simulate_int8=_simulate_int8, qat_name="coreml",
     runtimes=_runtimes, debugger="converters.coreml.debugger", float_layers_option="float_modules",
 )
