@@ -282,11 +282,15 @@ class OneSided(nn.Module):
         return self.b(self.act(self.a(x)))
 
 
-def _int8_codes_after(quantized: torch.fx.GraphModule, producer: str, value: torch.Tensor) -> torch.Tensor:
-    """int8 codes that the quantize node after ``producer`` gives ``value``."""
-    node = next(n for n in quantized.graph.nodes
+def _quantize_node_after(quantized: torch.fx.GraphModule, producer: str) -> torch.fx.Node:
+    return next(n for n in quantized.graph.nodes
                 if n.op == "call_function" and "quantize_per_tensor" in str(n.target)
                 and "dequantize" not in str(n.target) and n.args[0].name == producer)
+
+
+def _int8_codes_after(quantized: torch.fx.GraphModule, producer: str, value: torch.Tensor) -> torch.Tensor:
+    """int8 codes that the quantize node after ``producer`` gives ``value``."""
+    node = _quantize_node_after(quantized, producer)
     scale, zero_point, low, high = (float(a) for a in node.args[1:5])
     return torch.clamp(torch.round(value / scale) + zero_point, low, high)
 
@@ -305,13 +309,6 @@ def test_one_sided_activation_keeps_all_256_levels() -> None:
     assert codes.unique().numel() > 160
 
 
-def _scale_after(quantized: torch.fx.GraphModule, producer: str) -> float:
-    node = next(n for n in quantized.graph.nodes
-                if n.op == "call_function" and "quantize_per_tensor" in str(n.target)
-                and "dequantize" not in str(n.target) and n.args[0].name == producer)
-    return float(node.args[1])
-
-
 def test_histogram_ranges_trim_a_rare_outlier() -> None:
     # One input pixel 40x brighter than the rest: min/max ranges stretch to cover it, histogram
     # ranges trim it for the bulk of the values.
@@ -323,7 +320,7 @@ def test_histogram_ranges_trim_a_rare_outlier() -> None:
     for observer in ("histogram", "minmax"):
         quantizer = coreml.coreml_quantizer(activation_observer=observer)
         quantized, _ = coreml.quantize_pt2e(model, torch.rand(SHAPE), calibration=spiky, quantizer=quantizer)
-        scales[observer] = _scale_after(quantized, "prelu")
+        scales[observer] = float(_quantize_node_after(quantized, "prelu").args[1])
     assert scales["histogram"] < 0.8 * scales["minmax"], scales
 
 

@@ -132,17 +132,15 @@ def convert(req: ConversionRequest) -> ConversionResult:
     report: dict[str, Any] = {}
     if req.precision == "int8":
         float_modules = tuple(opts.get("float_modules", ()))
-        if req.qat_module is None and "activation_observer" not in opts:
-            quantized, qinfo = quantize_choosing_observer(module, example, req.calibration or [],
-                                                          float_modules=float_modules)
+        if req.qat_module is not None:
+            quantized, qinfo = quantize_pt2e(module, example, calibration=req.calibration, qat_module=req.qat_module)
+        elif "activation_observer" in opts:
+            quantizer = coreml_quantizer(activation_observer=str(opts["activation_observer"]),
+                                         float_modules=float_modules)
+            quantized, qinfo = quantize_pt2e(module, example, calibration=req.calibration, quantizer=quantizer)
         else:
-            quantizer = None
-            if req.qat_module is None:
-                quantizer = coreml_quantizer(activation_observer=str(opts["activation_observer"]),
-                                             float_modules=float_modules)
-            quantized, qinfo = quantize_pt2e(
-                module, example, calibration=req.calibration, qat_module=req.qat_module, quantizer=quantizer
-            )
+            quantized, qinfo = quantize_choosing_observer(module, example, req.calibration,
+                                                          float_modules=float_modules)
         program = _export(quantized, example)
         report["quantization"] = qinfo
         compute = str(opts.get("int8_compute_precision", "fp16"))

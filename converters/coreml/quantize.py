@@ -450,8 +450,6 @@ def quantize_pt2e(
     return converted, info
 
 
-
-
 #: Activation observers tried by :func:`quantize_choosing_observer`, the cheaper first (kept on a tie).
 OBSERVERS = ("minmax", "histogram")
 
@@ -459,7 +457,7 @@ OBSERVERS = ("minmax", "histogram")
 def quantize_choosing_observer(
     module: torch.nn.Module,
     example_input: torch.Tensor,
-    calibration: Sequence[torch.Tensor],
+    calibration: Sequence[torch.Tensor] | None,
     *,
     float_modules: Sequence[str] = (),
     scored: int = 8,
