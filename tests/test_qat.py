@@ -278,6 +278,28 @@ def test_loss_decreases_on_a_fixed_batch():
     assert losses[-1] < 0.8 * losses[0] and losses == sorted(losses, reverse=True), losses
 
 
+def test_teacher_term_pulls_towards_the_teacher_and_is_zero_at_it():
+    """With labels, --label-kd-weight adds the KL term: zero when student equals teacher, growing as it departs."""
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 5, 6, 7)
+    labels = torch.randint(0, 5, (2, 6, 7))
+    labels[0, 0] = qat_data.IGNORE
+    dist = qat_distributed.Dist()
+    pixels = float(2 * 6 * 7)
+    cfg = qat_config.RunConfig(model=TINY, backend="xnnpack", label_kd_weight=0.0)
+    ce, _ = qat_losses.label_loss(teacher, labels, dist)
+    assert qat_losses.label_and_teacher_loss(teacher, labels, teacher, cfg, dist, pixels).item() == pytest.approx(
+        ce.item())
+    cfg.label_kd_weight = 2.0
+    at_teacher = qat_losses.label_and_teacher_loss(teacher, labels, teacher, cfg, dist, pixels)
+    assert at_teacher.item() == pytest.approx(ce.item(), abs=1e-5)
+    away = teacher + 0.5 * torch.randn_like(teacher)
+    ce_away, _ = qat_losses.label_loss(away, labels, dist)
+    both = qat_losses.label_and_teacher_loss(away, labels, teacher, cfg, dist, pixels)
+    kl = qat_losses.kl_to_teacher(away, teacher, cfg.temperature).item() / pixels
+    assert kl > 0.01 and both.item() == pytest.approx(ce_away.item() + 2.0 * kl, rel=1e-5)
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -307,6 +329,29 @@ def test_batches_are_a_pure_function_of_seed_and_step_and_split_over_processes()
     assert np.array_equal(np.concatenate([h[1] for h in halves]), y1)
     x3, _ = qat_data.batch(data, global_batch=4, rank=0, world=1, **{**kw, "step": 6})
     assert not np.array_equal(x1, x3)
+
+
+def test_crop_scale_one_trains_on_whole_frames():
+    """--crop-scale 1:1 gives the whole frame resized (or its mirror); the default zooms in."""
+    from espnet_mobile.preprocess import preprocess
+
+    yy, xx = np.mgrid[0:36, 0:48]  # smooth, so that any bilinear resize agrees with preprocess's
+    rgb = np.stack([xx * 5, yy * 7, (xx + yy) * 3], axis=-1).astype(np.uint8)
+    label = (xx // 5).astype(np.uint8)
+    whole = preprocess(rgb, 24, 32)[0]
+    seen_flip = seen_plain = False
+    for seed in range(6):
+        out, lab = qat_data.augment(rgb, label, np.random.default_rng(seed), 24, 32, (1.0, 1.0))
+        x = out.transpose(2, 0, 1).astype(np.float32) / 255.0
+        plain = np.abs(x - whole).max() < 2 / 255
+        flipped = np.abs(x - whole[:, :, ::-1]).max() < 2 / 255
+        assert plain or flipped
+        seen_plain, seen_flip = seen_plain or plain, seen_flip or flipped
+        assert lab.shape == (24, 32)
+    assert seen_plain and seen_flip
+    zoomed = [qat_data.augment(rgb, label, np.random.default_rng(seed), 24, 32)[0] for seed in range(6)]
+    assert any(np.abs(z.transpose(2, 0, 1) / 255.0 - whole).max() > 0.1
+               and np.abs(z.transpose(2, 0, 1) / 255.0 - whole[:, :, ::-1]).max() > 0.1 for z in zoomed)
 
 
 def test_distill_data_holds_out_photos(tmp_path):
@@ -452,6 +497,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys, tiny_weights):
         (["--out", str(tmp_path), "--resume"], "no checkpoint"),
         (["--data", "synthetic:3", "--eval-data", f"camvid:{tmp_path}"], "drop --eval-data"),
         (["--data", f"distill:{tmp_path}", "--eval-data", f"camvid:{tmp_path}"], "camvid labels do not index"),
+        (["--crop-scale", "0.5:1"], "--crop-scale needs 1.0 <= low <= high"),
+        (["--crop-scale", "big"], "--crop-scale must look like"),
+        (["--data", f"distill:{tmp_path}", "--label-kd-weight", "1"], "use --kd-weight"),
     ]
     for extra, message in cases:
         argv = ["--model", TINY, "--backend", "xnnpack", "--weights", str(tiny_weights), "--no-progress", *extra]

@@ -12,6 +12,7 @@ from typing import Any
 from converters.base import DEFAULT_MAX_WEIGHT_GAIN
 from espnet_mobile.errors import UserError
 from espnet_mobile.qat import graph as qat_graph
+from espnet_mobile.qat.data import SCALE_RANGE
 
 DEFAULT_STEPS = 100
 #: QAT learning rates (Adam) when --lr is not given. Distillation stays close to its teacher: at 1e-4
@@ -29,6 +30,9 @@ OBSERVER_FREEZE = 0.0
 BN_FREEZE = 0.0
 TEMPERATURE = 2.0
 KD_WEIGHT = 1.0
+#: With labels, weight of a distillation term (KL divergence to the fp32 model at TEMPERATURE) added to the
+#: cross-entropy; 0 trains on the labels alone.
+LABEL_KD_WEIGHT = 0.0
 #: Layers (BatchNorm, and the conv before it) whose gain exceeds this are not trained in QAT
 #: (qat_graph.high_gain_parameters); the same threshold keeps convs in float in the converters.
 MAX_TRAINED_GAIN = DEFAULT_MAX_WEIGHT_GAIN
@@ -76,6 +80,8 @@ class RunConfig:
     bn_freeze: float = BN_FREEZE
     temperature: float = TEMPERATURE
     kd_weight: float = KD_WEIGHT
+    label_kd_weight: float = LABEL_KD_WEIGHT
+    crop_scale: tuple[float, float] = SCALE_RANGE
     eval_every: int | None = None
     eval_limit: int | None = 200
     calibration_images: int = CALIBRATION_IMAGES
@@ -84,6 +90,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["input_size"] = None if self.input_size is None else list(self.input_size)
+        d["crop_scale"] = list(self.crop_scale)
         return d
 
     @classmethod
@@ -93,6 +100,8 @@ class RunConfig:
         d.setdefault("max_trained_gain", 0.0)  # checkpoints from before the option trained every layer
         if d.get("input_size") is not None:
             d["input_size"] = tuple(d["input_size"])
+        if d.get("crop_scale") is not None:
+            d["crop_scale"] = tuple(d["crop_scale"])
         return cls(**d)
 
 
@@ -108,6 +117,16 @@ def _parse_size(text: str) -> tuple[int, int]:
     if h <= 0 or w <= 0:
         raise UserError(f"--input-size must be positive, got {text!r}")
     return h, w
+
+
+def _parse_scale(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise UserError(f"--crop-scale must look like 1.0:1.75 (low:high), got {text!r}") from None
+    if not 1.0 <= low <= high:
+        raise UserError(f"--crop-scale needs 1.0 <= low <= high (1.0: the crop just covers the image), got {text!r}")
+    return low, high
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=None, help=f"distillation temperature (default {TEMPERATURE})")
     p.add_argument("--kd-weight", type=float, default=None,
                    help=f"weight of the distillation KL term (default {KD_WEIGHT})")
+    p.add_argument("--label-kd-weight", type=float, default=None,
+                   help=f"with labels, add this weight x the KL divergence to the fp32 model, which keeps QAT "
+                        f"close to it (default {LABEL_KD_WEIGHT:g}: labels only)")
+    p.add_argument("--crop-scale", default=None, metavar="LOW:HIGH",
+                   help=f"random zoom of training crops, relative to the scale at which the image just covers "
+                        f"the input (default {SCALE_RANGE[0]:g}:{SCALE_RANGE[1]:g}; 1:1 trains on whole frames)")
     p.add_argument("--max-trained-gain", type=float, default=None,
                    help=f"do not train BatchNorms (and their convs) whose gain exceeds this (default "
                         f"{MAX_TRAINED_GAIN:g}; 0 trains every parameter)")
@@ -165,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Options compared with the checkpoint on --resume when given (argparse default None = not given).
 CONFIG_OPTIONS = ("data", "eval_data", "input_size", "steps", "epochs", "fp32_steps", "batch_size", "lr", "fp32_lr",
-                  "seed", "weights", "observer_freeze", "bn_freeze", "temperature", "kd_weight", "eval_every",
-                  "calibration_images", "max_trained_gain")
+                  "seed", "weights", "observer_freeze", "bn_freeze", "temperature", "kd_weight", "label_kd_weight",
+                  "crop_scale", "eval_every", "calibration_images", "max_trained_gain")
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
@@ -187,11 +212,17 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
     for name in ("observer_freeze", "bn_freeze"):
         if getattr(args, name) is not None and not 0.0 <= getattr(args, name) <= 1.0:
             raise UserError(f"--{name.replace('_', '-')} is a fraction of the steps, between 0 and 1")
+    if args.label_kd_weight is not None and args.label_kd_weight < 0:
+        raise UserError(f"--label-kd-weight must be >= 0, got {args.label_kd_weight}")
+    if args.label_kd_weight and (args.data or "").startswith("distill:"):
+        raise UserError("--label-kd-weight adds distillation to a labelled run; a distill: run is distillation "
+                        "already - use --kd-weight")
     if args.eval_data is not None and not (args.data or "").startswith("distill:"):
         raise UserError("--eval-data scores a distill: run on labels; a labelled --data is already scored on its "
                         "own val split - drop --eval-data")
-    values = {name: getattr(args, name) for name in CONFIG_OPTIONS if name != "input_size"}
+    values = {name: getattr(args, name) for name in CONFIG_OPTIONS if name not in ("input_size", "crop_scale")}
     values["input_size"] = _parse_size(args.input_size) if args.input_size else None
+    values["crop_scale"] = _parse_scale(args.crop_scale) if args.crop_scale else None
     given = {name for name, v in values.items() if v is not None}
     cfg = RunConfig(model=args.model, backend=args.backend, eval_limit=args.eval_limit,
                     **{k: v for k, v in values.items() if v is not None})

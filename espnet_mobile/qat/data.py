@@ -234,10 +234,13 @@ def sample_index(seed: int, phase: str, position: int, n: int) -> int:
 
 
 def augment(rgb: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, height: int,
-            width: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Random scale (``SCALE_RANGE`` of the covering scale), random crop, random horizontal flip."""
+            width: int, scale_range: tuple[float, float] = SCALE_RANGE) -> tuple[np.ndarray, np.ndarray | None]:
+    """Random scale (``scale_range`` of the covering scale), random crop, random horizontal flip.
+
+    ``(1.0, 1.0)`` trains on whole frames resized to the input size, as evaluation sees them.
+    """
     h, w = rgb.shape[:2]
-    scale = max(height / h, width / w) * rng.uniform(*SCALE_RANGE)
+    scale = max(height / h, width / w) * rng.uniform(*scale_range)
     ch, cw = min(height / scale, h), min(width / scale, w)
     y0, x0 = rng.uniform(0, h - ch), rng.uniform(0, w - cw)
     flip = rng.random() < 0.5
@@ -254,7 +257,8 @@ def augment(rgb: np.ndarray, label: np.ndarray | None, rng: np.random.Generator,
 
 
 def batch(data: QATData, *, seed: int, phase: str, step: int, global_batch: int, rank: int, world: int,
-          height: int, width: int) -> tuple[np.ndarray, np.ndarray | None]:
+          height: int, width: int, scale_range: tuple[float, float] = SCALE_RANGE
+          ) -> tuple[np.ndarray, np.ndarray | None]:
     """This process's share of global batch ``step``: (b, 3, H, W) float32 in [0, 1] and (b, H, W) labels."""
     local = global_batch // world
     images, labels = [], []
@@ -262,7 +266,7 @@ def batch(data: QATData, *, seed: int, phase: str, step: int, global_batch: int,
     for j in range(rank * local, (rank + 1) * local):
         position = step * global_batch + j
         rgb, label = data.train[sample_index(seed, phase, position, n)]()
-        out, lab = augment(rgb, label, _rng(seed, PHASES[phase], 11, position), height, width)
+        out, lab = augment(rgb, label, _rng(seed, PHASES[phase], 11, position), height, width, scale_range)
         images.append(out.transpose(2, 0, 1).astype(np.float32) / 255.0)
         labels.append(lab)
     x = np.ascontiguousarray(np.stack(images))

@@ -26,14 +26,29 @@ def label_loss(logits: torch.Tensor, labels: torch.Tensor, dist: Dist) -> tuple[
     return loss * (dist.world / max(total, 1.0)), total
 
 
+def kl_to_teacher(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(teacher_T || student_T), summed over pixels."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True,
+                    reduction="sum") * (t * t)
+
+
+def label_and_teacher_loss(student: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor, cfg: RunConfig,
+                           dist: Dist, global_pixels: float) -> torch.Tensor:
+    """Cross-entropy on labels plus label_kd_weight x the KL term of :func:`distill_loss`, per pixel.
+
+    The KL term covers every pixel, unlabelled ones included, and holds the student near the fp32 model
+    where the labels alone would pull it towards the training split.
+    """
+    ce, _ = label_loss(student, labels, dist)
+    return ce + cfg.label_kd_weight * kl_to_teacher(student, teacher, cfg.temperature) * (dist.world / global_pixels)
+
+
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, cfg: RunConfig, dist: Dist,
                  global_pixels: float) -> torch.Tensor:
     """CE on the teacher's argmax + kd_weight * T^2 * KL(teacher_T || student_T), per pixel of the global batch."""
     hard = teacher.argmax(dim=1)
     ce = F.cross_entropy(student, hard, reduction="sum")
-    t = cfg.temperature
-    kl = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True,
-                  reduction="sum") * (t * t)
-    return (ce + cfg.kd_weight * kl) * (dist.world / global_pixels)
+    return (ce + cfg.kd_weight * kl_to_teacher(student, teacher, cfg.temperature)) * (dist.world / global_pixels)
 
 

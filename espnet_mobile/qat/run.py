@@ -37,7 +37,7 @@ from espnet_mobile.qat.config import (
 )
 from espnet_mobile.qat.distributed import Dist, _broadcast
 from espnet_mobile.qat.loading import NormalizedReference, _load_state, _reference
-from espnet_mobile.qat.losses import _to_device, distill_loss, label_loss
+from espnet_mobile.qat.losses import _to_device, distill_loss, label_and_teacher_loss, label_loss
 
 # --------------------------------------------------------------------------- models
 
@@ -221,17 +221,20 @@ class Run:
 
     def _batch(self, phase: str, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         x, y = qat_data.batch(self.data, seed=self.cfg.seed, phase=phase, step=step, global_batch=self.cfg.batch_size,
-                       rank=self.dist.rank, world=self.dist.world, height=self.h, width=self.w)
+                       rank=self.dist.rank, world=self.dist.world, height=self.h, width=self.w,
+                       scale_range=self.cfg.crop_scale)
         return _to_device(x, self.dist), None if y is None else _to_device(y, self.dist)
 
     def _loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None,
               teacher: nn.Module | None) -> torch.Tensor:
-        if teacher is not None:
-            with torch.no_grad():
-                t = teacher(x)
-            return distill_loss(logits, t, self.cfg, self.dist, float(self.cfg.batch_size * self.h * self.w))
-        loss, _ = label_loss(logits, y, self.dist)
-        return loss
+        pixels = float(self.cfg.batch_size * self.h * self.w)
+        if teacher is None:
+            return label_loss(logits, y, self.dist)[0]
+        with torch.no_grad():
+            t = teacher(x)
+        if y is None:
+            return distill_loss(logits, t, self.cfg, self.dist, pixels)
+        return label_and_teacher_loss(logits, y, t, self.cfg, self.dist, pixels)
 
     def _train_step(self, net: nn.Module, opt: torch.optim.Optimizer, teacher: nn.Module | None, phase: str,
                     step: int, total: int, base_lr: float) -> float:
@@ -447,7 +450,9 @@ class Run:
         if ckpt is not None and ckpt.get("optimizer") and ckpt.get("qat_state") is not None:
             opt.load_state_dict(ckpt["optimizer"])
         net = self._ddp(gm)
-        teacher = self._teacher(teacher_state) if self.data.distill else None
+        # distill: the published model teaches; with labels the model QAT starts from (after any fp32 phase) does.
+        teacher = (self._teacher(teacher_state) if self.data.distill
+                   else self._teacher(fp32_state) if cfg.label_kd_weight else None)
         total = cfg.steps
         eval_every = self._eval_every(total, per_epoch)
         bar = self._progress(total, start, "qat")
@@ -532,6 +537,7 @@ class Run:
                            or qat_graph.artifact_runtime(cfg.backend) is None
             else ("simulated: PTQ as a PT2E quantize/dequantize graph in PyTorch, QAT as its fake-quantized "
                   "graph (identical to its PT2E conversion); artifact evaluation was turned off"),
+            "crop_scale": list(cfg.crop_scale), "label_kd_weight": cfg.label_kd_weight,
             "steps": cfg.steps, "fp32_steps": cfg.fp32_steps, "batch_size": cfg.batch_size,
             "world_size": self.dist.world, "seed": cfg.seed, "lr": cfg.lr,
             "schedule": {"observers_frozen_at_step": round(cfg.observer_freeze * cfg.steps),
