@@ -354,6 +354,29 @@ def test_crop_scale_one_trains_on_whole_frames():
                and np.abs(z.transpose(2, 0, 1) / 255.0 - whole[:, :, ::-1]).max() > 0.1 for z in zoomed)
 
 
+def test_class_weights_follow_the_training_share():
+    """inverse-log weighs a class by 1/ln(1.10 + share): rare classes up, unlabelled pixels not counted."""
+    from types import SimpleNamespace
+
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    a = np.zeros((4, 5), np.uint8)  # 20 pixels of class 0
+    b = np.full((4, 5), qat_data.IGNORE, np.uint8)
+    b[0, :2] = 2  # 2 pixels of class 2, the rest unlabelled
+    data = SimpleNamespace(train=[lambda: (rgb, a), lambda: (rgb, b)])
+    w = qat_data.class_weights(data, 3)
+    share = np.array([20, 0, 2]) / 22
+    np.testing.assert_allclose(w, 1 / np.log(1.10 + share), rtol=1e-6)
+    assert w[2] > 2 * w[0]
+    photos = SimpleNamespace(train=[lambda: (rgb, None)])
+    with pytest.raises(UserError, match="needs labelled training data"):
+        qat_data.class_weights(photos, 3)
+    # The weighted loss counts each labelled pixel by its class's weight.
+    logits = torch.zeros(1, 3, 4, 5)
+    weight = torch.from_numpy(w)
+    loss, total = qat_losses.label_loss(logits, torch.from_numpy(b[None]), qat_distributed.Dist(), weight)
+    assert total == 2 and loss.item() == pytest.approx(float(w[2]) * np.log(3), rel=1e-5)
+
+
 def test_distill_data_holds_out_photos(tmp_path):
     from PIL import Image
 
@@ -500,6 +523,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, tiny_weights):
         (["--crop-scale", "0.5:1"], "--crop-scale needs 1.0 <= low <= high"),
         (["--crop-scale", "big"], "--crop-scale must look like"),
         (["--data", f"distill:{tmp_path}", "--label-kd-weight", "1"], "use --kd-weight"),
+        (["--data", f"distill:{tmp_path}", "--class-weights", "inverse-log"], "no labels to train on"),
     ]
     for extra, message in cases:
         argv = ["--model", TINY, "--backend", "xnnpack", "--weights", str(tiny_weights), "--no-progress", *extra]

@@ -12,7 +12,7 @@ from typing import Any
 from converters.base import DEFAULT_MAX_WEIGHT_GAIN
 from espnet_mobile.errors import UserError
 from espnet_mobile.qat import graph as qat_graph
-from espnet_mobile.qat.data import SCALE_RANGE
+from espnet_mobile.qat.data import CLASS_WEIGHTS, SCALE_RANGE
 
 DEFAULT_STEPS = 100
 #: QAT learning rates (Adam) when --lr is not given. Distillation stays close to its teacher: at 1e-4
@@ -82,6 +82,7 @@ class RunConfig:
     kd_weight: float = KD_WEIGHT
     label_kd_weight: float = LABEL_KD_WEIGHT
     crop_scale: tuple[float, float] = SCALE_RANGE
+    class_weights: str = "none"
     eval_every: int | None = None
     eval_limit: int | None = 200
     calibration_images: int = CALIBRATION_IMAGES
@@ -172,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-kd-weight", type=float, default=None,
                    help=f"with labels, add this weight x the KL divergence to the fp32 model, which keeps QAT "
                         f"close to it (default {LABEL_KD_WEIGHT:g}: labels only)")
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=None,
+                   help="weigh the label loss per class: inverse-log is ESPNet's own 1/ln(1.10 + class share of "
+                        "the training pixels), which favours thin, rare classes (default none)")
     p.add_argument("--crop-scale", default=None, metavar="LOW:HIGH",
                    help=f"random zoom of training crops, relative to the scale at which the image just covers "
                         f"the input (default {SCALE_RANGE[0]:g}:{SCALE_RANGE[1]:g}; 1:1 trains on whole frames)")
@@ -191,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: Options compared with the checkpoint on --resume when given (argparse default None = not given).
 CONFIG_OPTIONS = ("data", "eval_data", "input_size", "steps", "epochs", "fp32_steps", "batch_size", "lr", "fp32_lr",
                   "seed", "weights", "observer_freeze", "bn_freeze", "temperature", "kd_weight", "label_kd_weight",
-                  "crop_scale", "eval_every", "calibration_images", "max_trained_gain")
+                  "crop_scale", "class_weights", "eval_every", "calibration_images", "max_trained_gain")
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
@@ -217,6 +221,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
     if args.label_kd_weight and (args.data or "").startswith("distill:"):
         raise UserError("--label-kd-weight adds distillation to a labelled run; a distill: run is distillation "
                         "already - use --kd-weight")
+    if args.class_weights not in (None, "none") and (args.data or "").startswith("distill:"):
+        raise UserError("--class-weights weighs the label loss; a distill: run has no labels to train on - drop it")
     if args.eval_data is not None and not (args.data or "").startswith("distill:"):
         raise UserError("--eval-data scores a distill: run on labels; a labelled --data is already scored on its "
                         "own val split - drop --eval-data")

@@ -18,11 +18,13 @@ def _to_device(x: np.ndarray, dist: Dist) -> torch.Tensor:
     return torch.from_numpy(x).to(dist.device)
 
 
-def label_loss(logits: torch.Tensor, labels: torch.Tensor, dist: Dist) -> tuple[torch.Tensor, float]:
-    """Cross-entropy summed over labelled pixels / labelled pixels of the global batch (x world for DDP)."""
+def label_loss(logits: torch.Tensor, labels: torch.Tensor, dist: Dist,
+               weight: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """Cross-entropy (per-class ``weight``, if given) summed over labelled pixels / labelled pixels of the
+    global batch (x world for DDP)."""
     valid = float((labels != qat_data.IGNORE).sum().item())
     total = dist.sum(valid)
-    loss = F.cross_entropy(logits, labels.long(), ignore_index=qat_data.IGNORE, reduction="sum")
+    loss = F.cross_entropy(logits, labels.long(), weight=weight, ignore_index=qat_data.IGNORE, reduction="sum")
     return loss * (dist.world / max(total, 1.0)), total
 
 
@@ -34,13 +36,13 @@ def kl_to_teacher(student: torch.Tensor, teacher: torch.Tensor, temperature: flo
 
 
 def label_and_teacher_loss(student: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor, cfg: RunConfig,
-                           dist: Dist, global_pixels: float) -> torch.Tensor:
+                           dist: Dist, global_pixels: float, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy on labels plus label_kd_weight x the KL term of :func:`distill_loss`, per pixel.
 
     The KL term covers every pixel, unlabelled ones included, and holds the student near the fp32 model
     where the labels alone would pull it towards the training split.
     """
-    ce, _ = label_loss(student, labels, dist)
+    ce, _ = label_loss(student, labels, dist, weight)
     return ce + cfg.label_kd_weight * kl_to_teacher(student, teacher, cfg.temperature) * (dist.world / global_pixels)
 
 

@@ -87,6 +87,7 @@ class Run:
         self.started = time.perf_counter()
         self.frozen: list[str] = []  # parameters QAT leaves untrained (high gain)
         self.coverage: dict[str, Any] | None = None  # distillation: classes the training photos show
+        self.class_weight: torch.Tensor | None = None  # --class-weights inverse-log
 
     # ------------------------------------------------------------------ helpers
 
@@ -143,6 +144,11 @@ class Run:
         self.data = qat_data.load_data(cfg.data, height=self.h, width=self.w, num_classes=self.entry.num_classes,
                                 eval_limit=cfg.eval_limit, eval_data=cfg.eval_data)
         _, per_epoch = self._steps_for(len(self.data.train))
+        if cfg.class_weights == "inverse-log":
+            weights = qat_data.class_weights(self.data, self.entry.num_classes)
+            self.class_weight = torch.from_numpy(weights).to(self.dist.device)
+            self.log("class weights (inverse-log of the training share): "
+                     + ", ".join(f"{name} {w:.2f}" for name, w in zip(self.entry.data.classes, weights, strict=False)))
         if ckpt is None:
             state, path, sha = _base_weights(cfg, self.entry)
             self.base = {"base_state": state, "base_weights": path, "base_sha256": sha}
@@ -229,12 +235,12 @@ class Run:
               teacher: nn.Module | None) -> torch.Tensor:
         pixels = float(self.cfg.batch_size * self.h * self.w)
         if teacher is None:
-            return label_loss(logits, y, self.dist)[0]
+            return label_loss(logits, y, self.dist, self.class_weight)[0]
         with torch.no_grad():
             t = teacher(x)
         if y is None:
             return distill_loss(logits, t, self.cfg, self.dist, pixels)
-        return label_and_teacher_loss(logits, y, t, self.cfg, self.dist, pixels)
+        return label_and_teacher_loss(logits, y, t, self.cfg, self.dist, pixels, self.class_weight)
 
     def _train_step(self, net: nn.Module, opt: torch.optim.Optimizer, teacher: nn.Module | None, phase: str,
                     step: int, total: int, base_lr: float) -> float:
@@ -538,6 +544,7 @@ class Run:
             else ("simulated: PTQ as a PT2E quantize/dequantize graph in PyTorch, QAT as its fake-quantized "
                   "graph (identical to its PT2E conversion); artifact evaluation was turned off"),
             "crop_scale": list(cfg.crop_scale), "label_kd_weight": cfg.label_kd_weight,
+            "class_weights": cfg.class_weights,
             "steps": cfg.steps, "fp32_steps": cfg.fp32_steps, "batch_size": cfg.batch_size,
             "world_size": self.dist.world, "seed": cfg.seed, "lr": cfg.lr,
             "schedule": {"observers_frozen_at_step": round(cfg.observer_freeze * cfg.steps),
