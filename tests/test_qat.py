@@ -368,7 +368,7 @@ def test_class_weights_follow_the_training_share():
     np.testing.assert_allclose(w, 1 / np.log(1.10 + share), rtol=1e-6)
     assert w[2] > 2 * w[0]
     photos = SimpleNamespace(train=[lambda: (rgb, None)])
-    with pytest.raises(UserError, match="needs labelled training data"):
+    with pytest.raises(UserError, match="the training data has none"):
         qat_data.class_weights(photos, 3)
     # The weighted loss counts each labelled pixel by its class's weight.
     logits = torch.zeros(1, 3, 4, 5)
@@ -523,7 +523,6 @@ def test_cli_errors_are_one_line(tmp_path, capsys, tiny_weights):
         (["--crop-scale", "0.5:1"], "--crop-scale needs 1.0 <= low <= high"),
         (["--crop-scale", "big"], "--crop-scale must look like"),
         (["--data", f"distill:{tmp_path}", "--label-kd-weight", "1"], "use --kd-weight"),
-        (["--data", f"distill:{tmp_path}", "--class-weights", "inverse-log"], "no labels to train on"),
     ]
     for extra, message in cases:
         argv = ["--model", TINY, "--backend", "xnnpack", "--weights", str(tiny_weights), "--no-progress", *extra]
@@ -724,14 +723,21 @@ def test_distill_run_reports_classes_it_cannot_learn(tmp_path, tiny_weights, cap
     argv[argv.index("synthetic:3")] = f"distill:{photos}"
     argv[argv.index("--fp32-steps") + 1] = "0"
     argv[argv.index("--steps") + 1] = "2"
+    argv += ["--class-weights", "inverse-log"]
     assert qat_cli.main(argv) == 0
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["class_weights"] == "inverse-log"
     cov = m["class_coverage"]
     assert cov["absent_from_training"] == ["bicycle"] and set(cov["heldout_pixels"]) == {"background", "bicycle"}
     assert cov["train_pixels"] == {"background": cov["train_pixels"]["background"]}
     assert set(m["class_iou"]) == {"background", "bicycle"}
     assert set(m["class_iou"]["bicycle"]) == {"fp32", "ptq_int8", "qat_int8"}
-    assert "warning: the held-out crops show bicycle" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "warning: the held-out crops show bicycle" in out
+    # The teacher labels only background on the training photos: every other class weighs 1/ln(1.10).
+    weights = next(line for line in out.splitlines() if line.startswith("class weights"))
+    assert "teacher's confident labels" in weights
+    assert f"background {1 / np.log(2.10):.2f}" in weights and f"bicycle {1 / np.log(1.10):.2f}" in weights
 
 
 @pytest.mark.slow

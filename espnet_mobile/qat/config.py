@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"close to it (default {LABEL_KD_WEIGHT:g}: labels only)")
     p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=None,
                    help="weigh the label loss per class: inverse-log is ESPNet's own 1/ln(1.10 + class share of "
-                        "the training pixels), which favours thin, rare classes (default none)")
+                        "the training pixels), which favours thin, rare classes; for distill: the share is the "
+                        "teacher's, on the training photos (default none)")
     p.add_argument("--crop-scale", default=None, metavar="LOW:HIGH",
                    help=f"random zoom of training crops, relative to the scale at which the image just covers "
                         f"the input (default {SCALE_RANGE[0]:g}:{SCALE_RANGE[1]:g}; 1:1 trains on whole frames)")
@@ -221,8 +222,6 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
     if args.label_kd_weight and (args.data or "").startswith("distill:"):
         raise UserError("--label-kd-weight adds distillation to a labelled run; a distill: run is distillation "
                         "already - use --kd-weight")
-    if args.class_weights not in (None, "none") and (args.data or "").startswith("distill:"):
-        raise UserError("--class-weights weighs the label loss; a distill: run has no labels to train on - drop it")
     if args.eval_data is not None and not (args.data or "").startswith("distill:"):
         raise UserError("--eval-data scores a distill: run on labels; a labelled --data is already scored on its "
                         "own val split - drop --eval-data")

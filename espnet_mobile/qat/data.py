@@ -234,8 +234,19 @@ def class_weights(data: QATData, num_classes: int) -> np.ndarray:
     for load in data.train:
         label = load()[1]
         if label is None:
-            raise UserError("--class-weights needs labelled training data (camvid:, cityscapes:, voc:, synthetic)")
-        counts += np.bincount(label[label != IGNORE].ravel(), minlength=num_classes)[:num_classes]
+            raise UserError("--class-weights needs labels: the training data has none (for distill: photos, the "
+                            "weights come from the teacher's labels instead)")
+        counts += class_counts(label, num_classes)
+    return inverse_log_weights(counts)
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixels of each class in ``labels``, unlabelled pixels left out."""
+    return np.bincount(labels[labels != IGNORE].ravel(), minlength=num_classes)[:num_classes].astype(np.int64)
+
+
+def inverse_log_weights(counts: np.ndarray) -> np.ndarray:
+    """1 / ln(CLASS_WEIGHT_OFFSET + share) per class, float32."""
     share = counts / max(int(counts.sum()), 1)
     return (1.0 / np.log(CLASS_WEIGHT_OFFSET + share)).astype(np.float32)
 

@@ -47,10 +47,11 @@ def label_and_teacher_loss(student: torch.Tensor, labels: torch.Tensor, teacher:
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, cfg: RunConfig, dist: Dist,
-                 global_pixels: float) -> torch.Tensor:
-    """CE on the teacher's argmax + kd_weight * T^2 * KL(teacher_T || student_T), per pixel of the global batch."""
+                 global_pixels: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """CE on the teacher's argmax (per-class ``weight``, if given) + kd_weight * T^2 * KL(teacher_T || student_T),
+    per pixel of the global batch."""
     hard = teacher.argmax(dim=1)
-    ce = F.cross_entropy(student, hard, reduction="sum")
+    ce = F.cross_entropy(student, hard, weight=weight, reduction="sum")
     return (ce + cfg.kd_weight * kl_to_teacher(student, teacher, cfg.temperature)) * (dist.world / global_pixels)
 
 

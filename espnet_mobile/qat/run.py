@@ -144,11 +144,8 @@ class Run:
         self.data = qat_data.load_data(cfg.data, height=self.h, width=self.w, num_classes=self.entry.num_classes,
                                 eval_limit=cfg.eval_limit, eval_data=cfg.eval_data)
         _, per_epoch = self._steps_for(len(self.data.train))
-        if cfg.class_weights == "inverse-log":
-            weights = qat_data.class_weights(self.data, self.entry.num_classes)
-            self.class_weight = torch.from_numpy(weights).to(self.dist.device)
-            self.log("class weights (inverse-log of the training share): "
-                     + ", ".join(f"{name} {w:.2f}" for name, w in zip(self.entry.data.classes, weights, strict=False)))
+        if cfg.class_weights == "inverse-log" and not self.data.distill:
+            self._set_class_weights(qat_data.class_weights(self.data, self.entry.num_classes), "training labels")
         if ckpt is None:
             state, path, sha = _base_weights(cfg, self.entry)
             self.base = {"base_state": state, "base_weights": path, "base_sha256": sha}
@@ -166,6 +163,9 @@ class Run:
                 object.__setattr__(self.data, "heldout_labels",
                                    qat_eval.teacher_labels(teacher, self.data.heldout_inputs))
             self.coverage = self._class_coverage(teacher)
+            if cfg.class_weights == "inverse-log":
+                self._set_class_weights(qat_data.inverse_log_weights(self._teacher_counts),
+                                        "the teacher's confident labels of the training photos")
             if self.coverage["absent_from_training"]:
                 self.log(f"warning: the held-out crops show {', '.join(self.coverage['absent_from_training'])}, "
                          "which the teacher finds in none of the training photos; QAT cannot learn to keep "
@@ -210,11 +210,20 @@ class Run:
     # ------------------------------------------------------------------ data and evaluation
 
     def _class_coverage(self, teacher: nn.Module) -> dict[str, Any]:
-        """The teacher's confident classes on the training photos (cut as held-out photos are) and held-out crops."""
+        """The teacher's confident classes on the training photos (cut as held-out photos are) and held-out crops.
+
+        Keeps the teacher's pixel count per class, from which ``--class-weights`` weighs a distill: run.
+        """
         views = qat_data.training_views(self.data, seed=self.cfg.seed, count=COVERAGE_PHOTOS, height=self.h,
                                         width=self.w)
-        return qat_eval.class_coverage(qat_eval.teacher_labels(teacher, views), self.data.heldout_labels,
-                                       self.entry.data.classes)
+        labels = qat_eval.teacher_labels(teacher, views)
+        self._teacher_counts = qat_data.class_counts(labels, self.entry.num_classes)
+        return qat_eval.class_coverage(labels, self.data.heldout_labels, self.entry.data.classes)
+
+    def _set_class_weights(self, weights: np.ndarray, source: str) -> None:
+        self.class_weight = torch.from_numpy(weights).to(self.dist.device)
+        self.log(f"class weights (inverse-log of the class share in {source}): "
+                 + ", ".join(f"{name} {w:.2f}" for name, w in zip(self.entry.data.classes, weights, strict=False)))
 
     def _unscored(self) -> float:
         return float(np.mean(self.data.heldout_labels == qat_data.IGNORE))
@@ -239,7 +248,7 @@ class Run:
         with torch.no_grad():
             t = teacher(x)
         if y is None:
-            return distill_loss(logits, t, self.cfg, self.dist, pixels)
+            return distill_loss(logits, t, self.cfg, self.dist, pixels, self.class_weight)
         return label_and_teacher_loss(logits, y, t, self.cfg, self.dist, pixels, self.class_weight)
 
     def _train_step(self, net: nn.Module, opt: torch.optim.Optimizer, teacher: nn.Module | None, phase: str,
