@@ -8,6 +8,7 @@ conversions and the two-process comparison are marked ``slow``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import json
 import os
@@ -304,18 +305,33 @@ def test_teacher_term_pulls_towards_the_teacher_and_is_zero_at_it():
 
 
 @pytest.mark.parametrize("kind, given, expected", [
-    ("synthetic", [], qat_config.LABELLED_LR), ("voc", [], qat_config.LABELLED_LR),
-    ("distill", [], qat_config.DISTILL_LR),
-    ("distill", ["--lr", "2e-4"], 2e-4), ("synthetic", ["--lr", "2e-6"], 2e-6)])
-def test_default_learning_rate_follows_the_data(tmp_path, kind, given, expected):
-    """Labels let QAT keep learning the task at a higher rate; distillation must stay near its teacher."""
+    ("synthetic", [], qat_config.NEW_TASK), ("voc", [], qat_config.OWN_LABELS), ("camvid", [], qat_config.OWN_LABELS),
+    ("distill", [], qat_config.DISTILL),
+    ("distill", ["--lr", "2e-4"], {"lr": 2e-4}), ("synthetic", ["--lr", "2e-6"], {"lr": 2e-6}),
+    ("camvid", ["--crop-scale", "1:2", "--label-kd-weight", "0", "--class-weights", "none"],
+     {"crop_scale": (1.0, 2.0), "label_kd_weight": 0.0, "class_weights": "none", "lr": qat_config.OWN_LABELS.lr})])
+def test_defaults_follow_the_data(tmp_path, kind, given, expected):
+    """A new task trains harder on zoomed crops; a dataset's own labels fine-tune a converged model gently, on
+    whole frames, near the fp32 model, with rare classes weighted up; distillation stays near its teacher."""
     from types import SimpleNamespace
 
     cfg, _ = qat_config.config_from_args(qat_config.build_parser().parse_args(_cli("--backend", "xnnpack", *given)))
     run = qat_run.Run(cfg, tmp_path, qat_distributed.Dist(), progress=False)
     run.data = SimpleNamespace(kind=kind, distill=kind == "distill")
     run._steps_for(10)
-    assert run.cfg.lr == expected
+    if isinstance(expected, qat_config.DataDefaults):
+        expected = dataclasses.asdict(expected)
+    assert {name: getattr(run.cfg, name) for name in expected} == expected
+    assert qat_config.NEW_TASK != qat_config.OWN_LABELS != qat_config.DISTILL
+
+
+def test_checkpoints_from_before_the_data_defaults_keep_their_settings():
+    """A checkpoint written before --crop-scale, --label-kd-weight and --class-weights trained without them."""
+    old = qat_config.RunConfig(model=TINY, backend="xnnpack", data="camvid:/x").to_dict()
+    for name in ("crop_scale", "label_kd_weight", "class_weights"):
+        del old[name]
+    cfg = qat_config.RunConfig.from_dict(old)
+    assert (cfg.crop_scale, cfg.label_kd_weight, cfg.class_weights) == (qat_data.SCALE_RANGE, 0.0, "none")
 
 
 def test_batches_are_a_pure_function_of_seed_and_step_and_split_over_processes():

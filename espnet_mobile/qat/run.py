@@ -25,14 +25,12 @@ from espnet_mobile.qat import graph as qat_graph
 from espnet_mobile.qat.config import (
     CONFIG_OPTIONS,
     COVERAGE_PHOTOS,
-    DEFAULT_STEPS,
-    DISTILL_LR,
     FP32_WEIGHTS_NAME,
-    LABELLED_LR,
     MAX_EVALS_PER_PHASE,
     METRICS_NAME,
     RESUME_FREE,
     RunConfig,
+    data_defaults,
     int8_source,
 )
 from espnet_mobile.qat.distributed import Dist, _broadcast
@@ -108,12 +106,14 @@ class Run:
     def _steps_for(self, n_train: int) -> tuple[int, int]:
         cfg = self.cfg
         per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
+        defaults = data_defaults(self.data.kind)
         if cfg.steps is None:
-            cfg.steps = max(1, math.ceil(cfg.epochs * per_epoch)) if cfg.epochs is not None else DEFAULT_STEPS
+            cfg.steps = max(1, math.ceil(cfg.epochs * per_epoch)) if cfg.epochs is not None else defaults.steps
         if cfg.fp32_steps is None:
             cfg.fp32_steps = cfg.steps if self.data.kind == "synthetic" else 0
-        if cfg.lr is None:
-            cfg.lr = DISTILL_LR if self.data.distill else LABELLED_LR
+        for name in ("lr", "crop_scale", "label_kd_weight", "class_weights"):
+            if getattr(cfg, name) is None:
+                setattr(cfg, name, getattr(defaults, name))
         return cfg.steps, per_epoch
 
     def _eval_every(self, total: int, per_epoch: int) -> int:
