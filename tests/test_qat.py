@@ -318,7 +318,7 @@ def test_defaults_follow_the_data(tmp_path, kind, given, expected):
     cfg, _ = qat_config.config_from_args(qat_config.build_parser().parse_args(_cli("--backend", "xnnpack", *given)))
     run = qat_run.Run(cfg, tmp_path, qat_distributed.Dist(), progress=False)
     run.data = SimpleNamespace(kind=kind, distill=kind == "distill")
-    run._steps_for(10)
+    run._fill_defaults(10)
     if isinstance(expected, qat_config.DataDefaults):
         expected = dataclasses.asdict(expected)
     assert {name: getattr(run.cfg, name) for name in expected} == expected

@@ -86,6 +86,7 @@ class Run:
         self.frozen: list[str] = []  # parameters QAT leaves untrained (high gain)
         self.coverage: dict[str, Any] | None = None  # distillation: classes the training photos show
         self.class_weight: torch.Tensor | None = None  # --class-weights inverse-log
+        self._teacher_counts: np.ndarray | None = None  # distillation: the teacher's pixels per class
 
     # ------------------------------------------------------------------ helpers
 
@@ -103,7 +104,8 @@ class Run:
                                     "wall_seconds": self.wall(), "world_size": self.dist.world})
         self.dist.barrier()
 
-    def _steps_for(self, n_train: int) -> tuple[int, int]:
+    def _fill_defaults(self, n_train: int) -> tuple[int, int]:
+        """Settings not given take the defaults of the data's kind; returns (QAT steps, steps per epoch)."""
         cfg = self.cfg
         per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
         defaults = data_defaults(self.data.kind)
@@ -143,7 +145,7 @@ class Run:
                             f"not index; use {self.entry.dataset}:DIR labels or distill:DIR photos")
         self.data = qat_data.load_data(cfg.data, height=self.h, width=self.w, num_classes=self.entry.num_classes,
                                 eval_limit=cfg.eval_limit, eval_data=cfg.eval_data)
-        _, per_epoch = self._steps_for(len(self.data.train))
+        _, per_epoch = self._fill_defaults(len(self.data.train))
         if cfg.class_weights == "inverse-log" and not self.data.distill:
             self._set_class_weights(qat_data.class_weights(self.data, self.entry.num_classes), "training labels")
         if ckpt is None:
