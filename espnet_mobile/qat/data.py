@@ -236,13 +236,14 @@ def class_weights(data: QATData, num_classes: int) -> np.ndarray:
         if label is None:
             raise UserError("--class-weights needs labels: the training data has none (for distill: photos, the "
                             "weights come from the teacher's labels instead)")
-        counts += class_counts(label, num_classes)
+        counts += class_pixels(label, num_classes)
     return inverse_log_weights(counts)
 
 
-def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Pixels of each class in ``labels``, unlabelled pixels left out."""
-    return np.bincount(labels[labels != IGNORE].ravel(), minlength=num_classes)[:num_classes].astype(np.int64)
+def class_pixels(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Scored pixels of each class in label masks (IGNORE skipped), int64 (num_classes,)."""
+    kept = labels[labels != IGNORE].astype(np.int64)
+    return np.bincount(kept, minlength=num_classes)[:num_classes]
 
 
 def inverse_log_weights(counts: np.ndarray) -> np.ndarray:

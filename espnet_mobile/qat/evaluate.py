@@ -20,6 +20,7 @@ import torch
 
 import converters
 from espnet_mobile import metrics
+from espnet_mobile.qat import data as qat_data
 from espnet_mobile.qat import graph as qat_graph
 
 EVAL_BATCH = 8
@@ -78,20 +79,14 @@ def scores(masks: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str,
             "class_iou": {str(c): round(float(ious[c]) * 100.0, 2) for c in np.flatnonzero(conf.sum(1))}}
 
 
-def class_pixels(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Scored pixels of each class in label masks (255 skipped)."""
-    kept = labels[labels != metrics.IGNORE].astype(np.int64)
-    return np.bincount(kept, minlength=num_classes)[:num_classes]
-
-
 def class_coverage(train_labels: np.ndarray, heldout_labels: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
     """Which classes of the held-out labels the training data shows at all.
 
     QAT can only learn to keep what it sees: a class scored on the held-out split but absent
     from every training image still counts in the held-out mIoU, with nothing to train it on.
     """
-    train = class_pixels(train_labels, len(names))
-    held = class_pixels(heldout_labels, len(names))
+    train = qat_data.class_pixels(train_labels, len(names))
+    held = qat_data.class_pixels(heldout_labels, len(names))
     return {"heldout_pixels": {names[c]: int(held[c]) for c in np.flatnonzero(held)},
             "train_pixels": {names[c]: int(train[c]) for c in np.flatnonzero(train)},
             "absent_from_training": [names[c] for c in np.flatnonzero(held) if train[c] == 0]}

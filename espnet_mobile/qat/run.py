@@ -86,7 +86,6 @@ class Run:
         self.frozen: list[str] = []  # parameters QAT leaves untrained (high gain)
         self.coverage: dict[str, Any] | None = None  # distillation: classes the training photos show
         self.class_weight: torch.Tensor | None = None  # --class-weights inverse-log
-        self._teacher_counts: np.ndarray | None = None  # distillation: the teacher's pixels per class
 
     # ------------------------------------------------------------------ helpers
 
@@ -166,7 +165,9 @@ class Run:
                                    qat_eval.teacher_labels(teacher, self.data.heldout_inputs))
             self.coverage = self._class_coverage(teacher)
             if cfg.class_weights == "inverse-log":
-                self._set_class_weights(qat_data.inverse_log_weights(self._teacher_counts),
+                seen = self.coverage["train_pixels"]  # the teacher's confident pixels per class
+                counts = np.array([seen.get(name, 0) for name in self.entry.data.classes], dtype=np.int64)
+                self._set_class_weights(qat_data.inverse_log_weights(counts),
                                         "the teacher's confident labels of the training photos")
             if self.coverage["absent_from_training"]:
                 self.log(f"warning: the held-out crops show {', '.join(self.coverage['absent_from_training'])}, "
@@ -212,15 +213,11 @@ class Run:
     # ------------------------------------------------------------------ data and evaluation
 
     def _class_coverage(self, teacher: nn.Module) -> dict[str, Any]:
-        """The teacher's confident classes on the training photos (cut as held-out photos are) and held-out crops.
-
-        Keeps the teacher's pixel count per class, from which ``--class-weights`` weighs a distill: run.
-        """
+        """The teacher's confident classes on the training photos (cut as held-out photos are) and held-out crops."""
         views = qat_data.training_views(self.data, seed=self.cfg.seed, count=COVERAGE_PHOTOS, height=self.h,
                                         width=self.w)
-        labels = qat_eval.teacher_labels(teacher, views)
-        self._teacher_counts = qat_data.class_counts(labels, self.entry.num_classes)
-        return qat_eval.class_coverage(labels, self.data.heldout_labels, self.entry.data.classes)
+        return qat_eval.class_coverage(qat_eval.teacher_labels(teacher, views), self.data.heldout_labels,
+                                       self.entry.data.classes)
 
     def _set_class_weights(self, weights: np.ndarray, source: str) -> None:
         self.class_weight = torch.from_numpy(weights).to(self.dist.device)
