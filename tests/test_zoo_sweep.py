@@ -95,6 +95,23 @@ def test_table_states_figures_failures_and_what_is_left(monkeypatch, tmp_path: P
     assert "61.00 -> 59.50" in rows[2] and rows[2].endswith("2026-12-06 def5678 |")
 
 
+def test_an_interrupted_run_lists_only_the_models_it_finished(monkeypatch, tmp_path: Path) -> None:
+    table = tmp_path / "docs" / "zoo.md"
+
+    def stopped(model_id, opts, log):
+        if model_id == "espnetc_p_2_q_3":
+            raise KeyboardInterrupt
+        return _fake(model_id, opts, log)
+
+    monkeypatch.setattr(S, "sweep_model", stopped)
+    assert S.main(["--models", "espnet_p_2_q_3,espnetc_p_2_q_3", "--targets", "executorch", "--out",
+                   str(tmp_path / "art"), "--table", str(table)]) == 130
+    merged = json.loads(table.with_suffix(".json").read_text())
+    assert [r["models"] for r in merged["runs"]] == [["espnet_p_2_q_3"]]
+    assert "(espnet_p_2_q_3)" in table.read_text() and "`espnetc_p_2_q_3`" in table.read_text().split(
+        "## Not swept yet")[1]
+
+
 def test_parallel_sweeps_keep_each_others_rows(monkeypatch, tmp_path: Path) -> None:
     """Two sweeps sharing one results file (one per core): a row the other wrote while this one
     was converting survives this one's write."""

@@ -386,8 +386,9 @@ def run(opts: SweepOptions, log=print) -> dict[str, ModelResult]:
     from espnet_mobile.files import write_json_atomic, write_text_atomic
 
     load_previous(opts.json_path)  # a broken results file stops the run before any conversion
+    # A run lists the models it has finished, so an interrupted run does not claim the rest.
     this_run = {"command": opts.command, "date": dt.date.today().isoformat(), "commit": git_commit(),
-                "models": list(opts.models)}
+                "started": dt.datetime.now().isoformat(timespec="seconds"), "models": []}
     swept: dict[str, ModelResult] = {}
     for index, model_id in enumerate(opts.models, 1):
         log(f"[{index}/{len(opts.models)}] {model_id}")
@@ -399,8 +400,9 @@ def run(opts: SweepOptions, log=print) -> dict[str, ModelResult]:
         with _locked(opts.json_path):
             results, runs = load_previous(opts.json_path)
             results[model_id] = merge_result(results.get(model_id), result)
-            if this_run not in runs:
-                runs.append(this_run)
+            this_run["models"] = list(swept)
+            runs = [r for r in runs if r.get("started") != this_run["started"] or r["command"] != opts.command]
+            runs.append(this_run)
             write_json_atomic(opts.json_path, {"models": {k: asdict(v) for k, v in results.items()}, "runs": runs})
             if opts.table is not None:
                 write_text_atomic(opts.table, format_table(results, runs, opts))
