@@ -4,11 +4,11 @@
 both ends in steps of 1e-5 of its mass, one Python iteration per step, and
 computes the rounding error each time a bound crosses into another bin. On the
 long-tailed activations of ESPNet (v1) (plain min/max ranges, outliers far out)
-the walk takes about 1.4 s per tensor: 305 tensors of the LiteRT QAT graph spent
-415 s there. Most steps move neither bound; :func:`search_range` skips those
-runs in one binary search and replays the rest, so it visits the same bins in
-the same order, compares in the same float32 precision, and stops at the same
-pair of bins.
+the walk is long: 5182 searches over the LiteRT QAT graph's histograms took
+146.6 s. Most steps move neither bound; :func:`search_bins` skips those runs in
+one binary search and replays the rest, so it visits the same bins in the same
+order, compares in the same float32 precision, and stops at the same pair of
+bins (the same 5182 searches: 17.5 s, identical results).
 """
 
 from __future__ import annotations
