@@ -14,7 +14,9 @@ layers in float together pass float tensors to each other). Each variant is scor
 ``--split``: mIoU against the labels and argmax agreement with the fp32 deployable
 graph. Layers are ranked by the mIoU they recover (by agreement with ``--rank
 agreement``, or when the data has no labels); each row also gives the layer's share
-of the model's multiply-accumulates, the cost of keeping it in float.
+of the model's multiply-accumulates, the cost of keeping it in float. Photos of a dataset
+whose classes are not the model's (CamVid frames for a Cityscapes model) are scored by
+agreement only.
 
 This simulation is a guide, not an artifact (it computes in fp32 where Core ML uses
 fp16, and with PyTorch's rounding). ``convert`` keeps the layers
@@ -330,8 +332,12 @@ def run(args: argparse.Namespace, log=print) -> Scan:
     spec = data.parse_spec(args.data)
     if spec.kind == "synthetic":
         raise UserError("--data needs photos: camvid:DIR, cityscapes:DIR, voc:DIR or a folder of images")
-    if spec.labelled and spec.kind != entry.dataset:
-        raise UserError(f"{entry.model_id} predicts the {entry.data.title} classes, not {spec.kind}'s")
+    use_labels = spec.labelled and spec.kind == entry.dataset
+    if spec.labelled and not use_labels:
+        # Another dataset's labels cannot score this model, but its photos can (street frames for a
+        # Cityscapes model): agreement with fp32 only.
+        log(f"{entry.model_id} predicts the {entry.data.title} classes, not {spec.kind}'s: "
+            f"its photos are scored by agreement with fp32 only")
     height, width = args.input_size or (entry.input_height, entry.input_width)
     model = em.create_model(entry.model_id, weights=args.weights or em.PRETRAINED)
     deployable = make_deployable(model, entry, height=height, width=width)
@@ -344,7 +350,7 @@ def run(args: argparse.Namespace, log=print) -> Scan:
         f"inputs from {spec.kind} {calib_split}")
     gm, info = quantized_graph(quantizable, args.backend, [c.reshape(1, 3, height, width) for c in calib])
 
-    if spec.labelled:
+    if use_labels:
         pairs = list(Inputs(spec, args.split, args.limit, height, width))
         inputs = [torch.from_numpy(x) for x, _ in pairs]
         labels: list[np.ndarray | None] = [label for _, label in pairs]

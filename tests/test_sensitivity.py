@@ -132,6 +132,21 @@ def test_main_on_camvid_frames(weights_dir, datasets_dir, tmp_path, capsys):
     assert "body.encoder.level1.conv" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 15-40 s
+def test_a_cityscapes_model_on_camvid_frames_is_ranked_by_agreement(weights_dir, datasets_dir, tmp_path, capsys):
+    """CamVid's labels cannot score a Cityscapes model, but its street frames can: agreement only."""
+    out = tmp_path / "scan.json"
+    code = S.main(["--model", "espnetc_p_2_q_3", "--data", f"camvid:{datasets_dir / 'camvid'}",
+                   "--limit", "2", "--calibration-limit", "2", "--input-size", "64x128",
+                   "--layers", "body.level1.conv", "--json", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["rank"] == "agreement" and result["fp32"]["miou"] is None
+    assert result["images"] == 2 and result["rows"][0]["miou"] is None
+    printed = capsys.readouterr()
+    assert "scored by agreement with fp32 only" in printed.out + printed.err
+
+
 def test_bad_arguments_exit_2(tmp_path):
     with pytest.raises(SystemExit) as err:
         S.main(["--model", "espnet_p_2_q_8_camvid", "--data", str(tmp_path), "--backend", "qnn"])
