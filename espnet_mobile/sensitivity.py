@@ -5,7 +5,7 @@
 
 The model is quantized the way ``convert`` does post-training int8 for the backend
 (int8 equalization, then PT2E with the backend's quantizer and its automatic float
-layers, calibrated on frames of the data's ``train`` split, each also mirrored), once.
+layers, calibrated on frames spread over the data's ``train`` split, each also mirrored), once.
 The converted PT2E graph simulates int8 in PyTorch (quantize/dequantize pairs around
 float ops). Then, one convolution at a time, that layer is put back in float: its
 weight is read unquantized and it computes in float from its int8 input; its output is
@@ -310,13 +310,20 @@ def scan(gm: torch.fx.GraphModule, layers: Iterable[Layer], scorer: Scorer, *, r
     return base, rows
 
 
-def _frames(spec: Any, split: str, limit: int | None) -> list[Path]:
+def _frames(spec: Any, split: str, limit: int | None, *, spread: bool = False) -> list[Path]:
+    """Photos of ``split``: the first ``limit``, or with ``spread`` ``limit`` spread over the whole sorted
+    list, as ``convert`` picks calibration frames (a dataset's frames come in runs of one sequence)."""
     from espnet_mobile import data
+    from espnet_mobile.data.domain_photos import evenly
     from espnet_mobile.data.images import list_images
 
     if spec.kind == "images":
-        return list_images(spec.path)[:limit]
-    return [img for _, img, _ in data.LAYOUTS[spec.kind](spec.path, split)][:limit]
+        photos = list_images(spec.path)
+    else:
+        photos = [img for _, img, _ in data.LAYOUTS[spec.kind](spec.path, split)]
+    if limit is None:
+        return photos
+    return evenly(photos, limit) if spread else photos[:limit]
 
 
 def run(args: argparse.Namespace, log=print) -> Scan:
@@ -343,7 +350,7 @@ def run(args: argparse.Namespace, log=print) -> Scan:
     deployable = make_deployable(model, entry, height=height, width=width)
 
     calib_split = "train" if spec.kind != "images" else args.split
-    calib, _ = calibration_inputs(_frames(spec, calib_split, args.calibration_limit), height, width)
+    calib, _ = calibration_inputs(_frames(spec, calib_split, args.calibration_limit, spread=True), height, width)
     quantizable = copy.deepcopy(deployable)
     equalize.equalize_for_int8(quantizable, torch.cat([c.reshape(1, 3, height, width) for c in calib]))
     log(f"{entry.model_id}: quantizing for {args.backend} at {height}x{width}, {len(calib)} calibration "

@@ -152,3 +152,20 @@ def test_bad_arguments_exit_2(tmp_path):
         S.main(["--model", "espnet_p_2_q_8_camvid", "--data", str(tmp_path), "--backend", "qnn"])
     assert err.value.code == 2
     assert S.main(["--model", "espnet_p_2_q_8_camvid", "--data", f"camvid:{tmp_path / 'missing'}"]) == 2
+
+
+def test_calibration_frames_are_spread_over_the_split_as_convert_picks_them(tmp_path):
+    """The scan must quantize like convert: frames spread over the split, not the first run of one sequence."""
+    from PIL import Image
+
+    from espnet_mobile import data
+
+    for seq in ("0001TP", "0006R0", "0016E5", "Seq05VD"):
+        for i in range(5):
+            Image.new("RGB", (8, 6)).save(tmp_path / f"{seq}_{i:03d}.png")
+    spec = data.parse_spec(str(tmp_path))
+    first = S._frames(spec, "train", 4)
+    spread = S._frames(spec, "train", 4, spread=True)
+    assert [p.name[:6] for p in first] == ["0001TP"] * 4
+    assert [p.name[:6] for p in spread] == ["0001TP", "0006R0", "0016E5", "Seq05V"]
+    assert S._frames(spec, "train", None, spread=True) == S._frames(spec, "train", None)

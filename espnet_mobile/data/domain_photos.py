@@ -49,7 +49,7 @@ def _env_dir(name: str) -> Path | None:
     return Path(value) if value and Path(value).is_dir() else None
 
 
-def _evenly(paths: list[Path], count: int) -> list[Path]:
+def evenly(paths: list[Path], count: int) -> list[Path]:
     """``count`` paths spread over the whole sorted list (a sequence's frames are alike in runs)."""
     if len(paths) <= count:
         return paths
@@ -97,7 +97,7 @@ def domain_photos(entry, purpose: str = "check", count: int | None = None, *,
         if name not in groups or len(chosen) >= count:
             continue
         paths, where = groups[name]
-        picked = _evenly(paths, count - len(chosen))
+        picked = evenly(paths, count - len(chosen))
         if picked:
             chosen += picked
             parts.append(f"{len(picked)} {where}")
