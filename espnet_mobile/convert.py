@@ -201,9 +201,11 @@ def convert_one(job: Job, request: Any, golden: list, nhwc: bool) -> Outcome:
     return Outcome(result=result, seconds=seconds, quick_check=check)
 
 
-def _worker_init() -> None:
+def _worker_init(owner: int) -> None:
+    from converters.processes import exit_with_parent
     from espnet_mobile.console import quiet_third_party
 
+    exit_with_parent(owner)
     quiet_third_party()
 
 
@@ -233,7 +235,8 @@ def run_pending(pending: list[Pending], golden: list, workers: int, log) -> Iter
     # A fresh interpreter (no forked thread pools) with torch's default thread count, as here: int8
     # calibration statistics depend on the thread count, and the artifacts must not depend on --jobs.
     context = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
+                                initargs=(os.getpid(),)) as pool:
         futures = {}
         for item in order:
             log(f"{item.prefix}: converting -> {item.name}")

@@ -38,8 +38,12 @@ def run_in_child(fn: Callable[..., Any], *args: Any) -> Any:
     """
     import concurrent.futures
     import multiprocessing
+    import os
 
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    from converters.processes import exit_with_parent
+
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
         try:
             return pool.submit(fn, *args).result()
         except concurrent.futures.process.BrokenProcessPool:
