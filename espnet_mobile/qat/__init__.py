@@ -21,10 +21,9 @@ none), then QAT. QAT starts from the activation ranges post-training
 quantization would choose (histogram search on the calibration inputs) and by
 default keeps them, and the weights' ranges, fixed (``--observer-freeze 0``);
 BatchNorm statistics stay frozen (``--bn-freeze F`` updates them for that share
-of the steps). Adam (QAT learning rate 1e-5 for ``distill:``, where at 1e-4 a
-10-step run of ESPNetv2 drifted to 66 mIoU against its own teacher; 1e-4 with a
-dataset's own labels; 3e-4 for ``synthetic``, where QAT also goes on learning
-the task), cosine learning-rate decay; the weights of layers whose gain exceeds
+of the steps). Adam (QAT learning rate 1e-4 on whole frames with a dataset's own
+labels and for ``distill:``; 3e-4 on zoomed crops for ``synthetic``, where QAT
+also goes on learning the task), cosine learning-rate decay; the weights of layers whose gain exceeds
 ``--max-trained-gain`` (BatchNorms with collapsed variance, see
 ``qat_graph.high_gain_parameters``) are not trained (their BatchNorm
 statistics still update while BatchNorm trains).
