@@ -10,25 +10,22 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+import time
 
 #: How often a worker checks that its parent is still there.
 POLL_SECONDS = 1.0
 
 
-def _watch(owner: int, poll: float) -> None:
+def _watch(owner: int) -> None:
     while os.getppid() == owner:
-        threading.Event().wait(poll)
+        time.sleep(POLL_SECONDS)
     os._exit(1)  # re-parented: the pool's owner is gone
 
 
-def exit_with_parent(owner: int, then: Callable[[], None] | None = None, poll: float = POLL_SECONDS) -> None:
-    """Pool initializer (``initargs=(os.getpid(),)``): end this worker once ``owner`` is no longer its parent,
-    then run ``then`` (another initializer).
+def exit_with_parent(owner: int) -> None:
+    """Pool initializer (``initargs=(os.getpid(),)``): end this worker once ``owner`` is no longer its parent.
 
     The owner's pid comes from the owner: a worker killed while it still imports its libraries
     starts this check already orphaned, and must see that.
     """
-    threading.Thread(target=_watch, args=(owner, poll), name="exit-with-parent", daemon=True).start()
-    if then is not None:
-        then()
+    threading.Thread(target=_watch, args=(owner,), name="exit-with-parent", daemon=True).start()

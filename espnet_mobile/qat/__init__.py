@@ -23,8 +23,8 @@ default keeps them, and the weights' ranges, fixed (``--observer-freeze 0``);
 BatchNorm statistics stay frozen (``--bn-freeze F`` updates them for that share
 of the steps). Adam (QAT learning rate 1e-4 on whole frames with a dataset's own
 labels and for ``distill:``; 3e-4 on zoomed crops for ``synthetic``, where QAT
-also goes on learning the task), cosine learning-rate decay; the weights of layers whose gain exceeds
-``--max-trained-gain`` (BatchNorms with collapsed variance, see
+also goes on learning the task), cosine learning-rate decay; the weights of
+layers whose gain exceeds ``--max-trained-gain`` (BatchNorms with collapsed variance, see
 ``qat_graph.high_gain_parameters``) are not trained (their BatchNorm
 statistics still update while BatchNorm trains).
 
