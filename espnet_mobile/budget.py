@@ -116,7 +116,7 @@ class Choice:
 
 def choose(quantizable: torch.nn.Module, reference: torch.nn.Module, backend: str,
            calibration: list[torch.Tensor], data: BudgetData, budget: float, entry,
-           log: Callable[[str], None] = print) -> Choice:
+           log: Callable[[str], None] = print, refine: Any = None) -> Choice:
     """The fewest convs (most sensitive first) whose float execution keeps the simulated loss within ``budget``."""
     from tqdm import tqdm
 
@@ -124,7 +124,7 @@ def choose(quantizable: torch.nn.Module, reference: torch.nn.Module, backend: st
 
     start = time.perf_counter()
     shape = tuple(data.inputs[0].shape)
-    gm, _ = S.quantized_graph(quantizable, backend, [c.reshape(shape) for c in calibration])
+    gm, _ = S.quantized_graph(quantizable, backend, [c.reshape(shape) for c in calibration], refine=refine)
     metric = data.metric
     scorer = scorer_for(data, entry, reference)
     fp32 = points(scorer(reference), metric)

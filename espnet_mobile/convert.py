@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 import converters
+from converters import range_refinement
 from espnet_mobile import __version__
 from espnet_mobile import bundle as B
 from espnet_mobile.console import peak_memory_mb
@@ -530,7 +531,8 @@ def _budget_choice(backend, job: Job, choices: dict, module, deployable, calibra
                          len(data.inputs), float("nan"), float("nan"), float("nan"))
     if backend.qat_name not in choices:
         choices[backend.qat_name] = BU.choose(module, deployable, backend.qat_name, calibration, data,
-                                              float(opts.int8_budget), entry, log)
+                                              float(opts.int8_budget), entry, log,
+                                              refine=range_refinement.from_options(opts.options))
     return choices[backend.qat_name]
 
 
@@ -674,6 +676,9 @@ def parse_args(argv: list[str] | None) -> ConvertOptions:
                         help="keep in float the fewest layers with which int8 loses at most POINTS (mIoU on "
                              "--eval-dataset, else argmax agreement %% with fp32 on domain photos); fails when "
                              "it cannot")
+    parser.add_argument("--int8-refine-ranges", action="store_true",
+                        help="after calibration, narrow the activation ranges whose width lowers the logit "
+                             "error (for heavy-tailed activations; docs/quantization.md); costs minutes")
     parser.add_argument("--no-extra-delegates", action="store_true",
                         help="skip ExecuTorch's Core ML and Vulkan delegates and the GPU-bound TFLite graph")
     args = parser.parse_args(argv)
@@ -698,7 +703,8 @@ def parse_args(argv: list[str] | None) -> ConvertOptions:
                           eval_dataset=args.eval_dataset, eval_split=args.eval_split, eval_limit=args.eval_limit,
                           out=args.out, force=args.force, nhwc=args.nhwc,
                           extra_delegates=not args.no_extra_delegates, input_size=input_size, jobs=args.jobs,
-                          int8_budget=args.int8_budget)
+                          int8_budget=args.int8_budget,
+                          options={range_refinement.OPTION: True} if args.int8_refine_ranges else {})
 
 
 def main(argv: list[str] | None = None) -> int:

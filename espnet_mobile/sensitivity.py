@@ -184,9 +184,14 @@ def with_layers_in_float(gm: torch.fx.GraphModule, names: Iterable[str]) -> torc
     return out
 
 
-def quantized_graph(deployable: torch.nn.Module, backend: str, calibration: Sequence[torch.Tensor]
+def quantized_graph(deployable: torch.nn.Module, backend: str, calibration: Sequence[torch.Tensor],
+                    refine: Any = None, log: Callable[[str], None] | None = None,
                     ) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
-    """``deployable`` quantized for ``backend`` as ``convert`` does PTQ, as a converted PT2E graph."""
+    """``deployable`` quantized for ``backend`` as ``convert`` does PTQ, as a converted PT2E graph.
+
+    ``refine`` (a :class:`converters.range_refinement.RangeRefinement`) narrows activation
+    ranges by the logit error after calibration, as the converters do when asked.
+    """
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -211,6 +216,10 @@ def quantized_graph(deployable: torch.nn.Module, backend: str, calibration: Sequ
             prepared(x)
     if getattr(quantizer, "float_islands", None):  # LiteRT decides its float islands after calibration
         info["float_nodes"] = {k: v["module"] for k, v in quantizer.float_islands.items()}
+    if refine is not None:
+        from converters.range_refinement import refine_activation_ranges
+
+        info["range_refinement"] = refine_activation_ranges(prepared, calibration, refine, log=log).as_dict()
     gm = convert_pt2e(prepared, fold_quantize=False)
     move_exported_model_to_eval(gm)
     from torch.fx.passes.shape_prop import ShapeProp

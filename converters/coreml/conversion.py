@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from converters import range_refinement
 from converters.base import (
     ConversionError,
     ConversionRequest,
@@ -137,10 +138,12 @@ def convert(req: ConversionRequest) -> ConversionResult:
         elif "activation_observer" in opts:
             quantizer = coreml_quantizer(activation_observer=str(opts["activation_observer"]),
                                          float_modules=float_modules)
-            quantized, qinfo = quantize_pt2e(module, example, calibration=req.calibration, quantizer=quantizer)
+            quantized, qinfo = quantize_pt2e(module, example, calibration=req.calibration, quantizer=quantizer,
+                                             refine=range_refinement.from_options(opts))
         else:
             quantized, qinfo = quantize_choosing_observer(module, example, req.calibration,
-                                                          float_modules=float_modules)
+                                                          float_modules=float_modules,
+                                                          refine=range_refinement.from_options(opts))
         program = _export(quantized, example)
         report["quantization"] = qinfo
         compute = str(opts.get("int8_compute_precision", "fp16"))

@@ -18,6 +18,7 @@ from converters.base import (
     calibration_batches,
 )
 from converters.coreml.toolchain import _CALIBRATION_FIX, _require_torchao
+from converters.range_refinement import RangeRefinement, refine_activation_ranges
 
 # --------------------------------------------------------------------------- quantizer
 
@@ -397,6 +398,7 @@ def quantize_pt2e(
     calibration: Sequence[torch.Tensor] | None = None,
     qat_module: torch.nn.Module | None = None,
     quantizer: Any = None,
+    refine: RangeRefinement | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Quantize ``module`` with PT2E for Core ML; returns the converted
     (quantize/dequantize) graph module and a report of how it was quantized.
@@ -435,6 +437,8 @@ def quantize_pt2e(
             for batch in batches:
                 prepared(batch)
         info = {"source": "calibration", "calibration_samples": len(batches)}
+        if refine is not None:
+            info["range_refinement"] = refine_activation_ranges(prepared, batches, refine).as_dict()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         converted = convert_pt2e(prepared)
@@ -461,6 +465,7 @@ def quantize_choosing_observer(
     *,
     float_modules: Sequence[str] = (),
     scored: int = 8,
+    refine: RangeRefinement | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Quantize with each activation observer and keep the one whose int8 graph agrees best with
     the float model (argmax per pixel) on the first ``scored`` calibration inputs.
@@ -480,7 +485,8 @@ def quantize_choosing_observer(
     started = time.perf_counter()
     for observer in OBSERVERS:
         quantizer = coreml_quantizer(activation_observer=observer, float_modules=float_modules)
-        quantized, info = quantize_pt2e(module, example_input, calibration=batches, quantizer=quantizer)
+        quantized, info = quantize_pt2e(module, example_input, calibration=batches, quantizer=quantizer,
+                                        refine=refine)
         with torch.no_grad():
             same = sum(float((quantized(x).argmax(1) == r).float().mean())
                        for x, r in zip(held, reference, strict=True))

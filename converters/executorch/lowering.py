@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from converters import range_refinement
 from converters.base import (
     DEFAULT_MAX_WEIGHT_GAIN,
     ConversionError,
@@ -327,6 +328,7 @@ def lower(
                     "int8_max_weight_gain", DEFAULT_MAX_WEIGHT_GAIN if delegate == "xnnpack" else None
                 ),
                 float_prelu_affines=options.get("int8_float_prelu_affines", delegate == "xnnpack"),
+                refine=range_refinement.from_options(options),
             )
             report["quantization"] = {
                 **qinfo,

@@ -16,6 +16,7 @@ from converters.base import (
     module_path,
 )
 from converters.executorch.toolchain import _CALIBRATION_FIX, _require_coremltools, _require_executorch
+from converters.range_refinement import RangeRefinement, refine_activation_ranges
 
 # --------------------------------------------------------------------------- quantization
 
@@ -187,6 +188,7 @@ def quantize_pt2e(
     fp32_layers: Sequence[str] = (),
     max_weight_gain: float | None = DEFAULT_MAX_WEIGHT_GAIN,
     float_prelu_affines: bool = False,
+    refine: RangeRefinement | None = None,
 ) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
     """Quantize ``module`` with PT2E and re-export it.
 
@@ -198,7 +200,8 @@ def quantize_pt2e(
     effective weights (BatchNorm folded in) exceed ``max_weight_gain`` (see
     :func:`high_gain_convolutions`) and, with ``float_prelu_affines``, the
     per-channel affines in front of a PReLU (:func:`affines_before_prelu`;
-    XNNPACK runs PReLU in fp32). Returns the quantized exported program
+    XNNPACK runs PReLU in fp32). With ``refine``, activation ranges are then narrowed
+    where that lowers the logit error (:mod:`converters.range_refinement`). Returns the quantized exported program
     and a small report of how it was quantized.
     """
     from torchao.quantization.pt2e import move_exported_model_to_eval
@@ -246,6 +249,8 @@ def quantize_pt2e(
             "calibration_samples": len(batches),
             "fp32_nodes": {n: v for n, v in sorted(keep.items())},
         }
+        if refine is not None:
+            info["range_refinement"] = refine_activation_ranges(prepared, batches, refine).as_dict()
     converted = convert_pt2e(prepared)
     return torch.export.export(converted, args, strict=False), info
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from converters import range_refinement
 from converters.base import (
     DEFAULT_MAX_WEIGHT_GAIN,
     PRECISIONS,
@@ -148,6 +149,10 @@ def _quantize_pt2e(req: ConversionRequest, nhwc: bool) -> tuple[nn.Module, Any, 
             n += 1
     if n == 0:
         raise ConversionError("int8 calibration got no tensors; pass `--calibration DIR` with images")
+    refine = range_refinement.from_options(req.options)
+    if refine is not None:
+        samples = [_to_layout(s, nhwc) for s in _calibration_batches(req.calibration or [], req.example_input)]
+        info["range_refinement"] = range_refinement.refine_activation_ranges(gm, samples, refine).as_dict()
     gm = convert_pt2e(gm, fold_quantize=False)
     move_exported_model_to_eval(gm)
     info.update(quantization="pt2e-ptq", calibration_samples=n)
