@@ -145,6 +145,32 @@ def test_float_share_counts_the_macs_of_float_layers() -> None:
     assert S.float_share({"report": {}}, macs) == (0.0, [])
 
 
+def test_narrowed_ranges_are_read_from_each_backends_report() -> None:
+    et = {"report": {"quantization": {"range_refinement": {"narrowed": {"a": 0.5, "b": 0.8}}}}}
+    lite = {"report": {"quantization": "pt2e-ptq", "range_refinement": {"narrowed": {}}}}
+    assert S.narrowed_ranges(et) == 2
+    assert S.narrowed_ranges(lite) == 0  # refined, nothing narrowed
+    assert S.narrowed_ranges({"report": {"quantization": {"fp32_nodes": {}}}}) is None  # not refined
+
+
+def test_the_refine_flag_reaches_convert(monkeypatch, tmp_path: Path) -> None:
+    from converters import range_refinement
+    from espnet_mobile import convert
+
+    seen = []
+
+    def fake_run(options, log=print):
+        seen.append(options.options)
+        raise RuntimeError("stop after convert's options are seen")
+
+    monkeypatch.setattr(convert, "run", fake_run)
+    S.main(["--models", "espnetc_p_2_q_3", "--targets", "executorch", "--out", str(tmp_path / "a"),
+            "--table", str(tmp_path / "zoo.md"), "--int8-refine-ranges"])
+    S.main(["--models", "espnetc_p_2_q_3", "--targets", "executorch", "--out", str(tmp_path / "a"),
+            "--table", str(tmp_path / "zoo.md")])
+    assert seen == [{range_refinement.OPTION: True}, {}]
+
+
 # One of each family, the smallest: ESPNet, ESPNet-C, ESPNetv2. The large ESPNetv2 (s=2.0, the default model)
 # is quantized in test_equalize (its 97% agreement) and converted in test_converter_coreml; sweeping it here
 # too cost CI more than ten minutes.

@@ -60,6 +60,7 @@ class SweepOptions:
     jobs: int = 1
     input_size: tuple[int, int] | None = None  # None: each model's own
     rounds: int = 20
+    refine_ranges: bool = False  # convert --int8-refine-ranges
     command: str = "python -m espnet_mobile.zoo.sweep"
 
     @property
@@ -78,6 +79,7 @@ class BackendResult:
     miou_int8: float | None = None
     float_share: float | None = None
     float_layers: list[str] = field(default_factory=list)
+    narrowed_ranges: int | None = None  # activation ranges narrowed by --int8-refine-ranges; None: not refined
     error: str | None = None
     date: str = ""  # when this backend was measured ("": the model's date)
     commit: str = ""
@@ -154,11 +156,21 @@ def float_share(art: dict, macs: dict[str, tuple[float, bool]]) -> tuple[float, 
     return (kept / total if total else 0.0), layers
 
 
+def narrowed_ranges(art: dict) -> int | None:
+    """How many activation ranges range refinement narrowed in an int8 artifact; None when it did not run."""
+    report = art.get("report") or {}
+    quantization = report.get("quantization")
+    record = report.get("range_refinement") or (quantization.get("range_refinement")
+                                                if isinstance(quantization, dict) else None)
+    return None if record is None else len(record.get("narrowed") or {})
+
+
 def sweep_model(model_id: str, opts: SweepOptions, log) -> ModelResult:
     """Convert one model (cache first) and measure each target's int8 artifact; errors become the result's."""
     import torch
 
     import espnet_mobile as em
+    from converters import range_refinement
     from espnet_mobile import bench, convert
     from espnet_mobile.deploy import make_deployable
     from espnet_mobile.parity import check_parity
@@ -179,7 +191,8 @@ def sweep_model(model_id: str, opts: SweepOptions, log) -> ModelResult:
         log(f"  converting {', '.join(opts.targets)} fp32 and int8 (cached artifacts are kept)")
         summary = convert.run(convert.ConvertOptions(
             targets=list(opts.targets), model_id=model_id, precisions=["fp32", "int8"], out=Path(opts.out),
-            extra_delegates=False, input_size=opts.input_size, jobs=opts.jobs), log=indent)
+            extra_delegates=False, input_size=opts.input_size, jobs=opts.jobs,
+            options={range_refinement.OPTION: True} if opts.refine_ranges else {}), log=indent)
     except Exception as err:  # the whole model is lost: record why and go on with the next
         result.errors.append(f"convert: {one_line(err)}")
         result.seconds = round(time.perf_counter() - start, 1)
@@ -231,6 +244,7 @@ def sweep_model(model_id: str, opts: SweepOptions, log) -> ModelResult:
         macs = conv_macs_by_module(deployable, torch.zeros(1, 3, h, w))
         for target in runnable:
             backends[target].float_share, backends[target].float_layers = float_share(arts[(target, "int8")], macs)
+            backends[target].narrowed_ranges = narrowed_ranges(arts[(target, "int8")])
     except Exception as err:
         result.errors.append(f"float share: {one_line(err)}")
 
@@ -279,6 +293,9 @@ def format_table(results: dict[str, ModelResult], runs: list[dict], opts: SweepO
              "convolutions included). The float layers are those the quantizer reports: ExecuTorch's `fp32_nodes` "
              "(high-gain convolutions, per-channel affines before a PReLU), LiteRT's float islands. Ops other "
              "than convolutions that a runtime runs in float (XNNPACK's PReLU) are not counted.",
+             "- **range refinement**: rows swept with `--int8-refine-ranges` were converted with "
+             "`convert --int8-refine-ranges` (activation ranges narrowed by the logit error; docs/quantization.md); "
+             "the per-model notes say how many ranges each such artifact narrowed.",
              "- **ExecuTorch int8 vs eager fp32**: `espnet_mobile.bench` in one process: median latency of "
              "interleaved rounds of PyTorch eager fp32 and the ExecuTorch XNNPACK int8 artifact on the same input, "
              "default thread counts, on a 2-core machine shared with other jobs (its load is listed under the "
@@ -314,6 +331,8 @@ def format_table(results: dict[str, ModelResult], runs: list[dict], opts: SweepO
         detail = [f"photos: {r.photos or '-'}", f"labels: {r.labels or '-'}"]
         detail += [f"{LABELS.get(b.target, b.target)} float layers: {', '.join(b.float_layers)}"
                    for b in r.backends if b.float_layers]
+        detail += [f"{LABELS.get(b.target, b.target)} activation ranges narrowed by the output error "
+                   f"(--int8-refine-ranges): {b.narrowed_ranges}" for b in r.backends if b.narrowed_ranges is not None]
         detail += [f"load: {r.bench_note}"] if r.bench_note else []
         detail += [f"error: {e}" for e in r.errors]
         notes.append(f"- `{model_id}` ({r.seconds:.0f} s): " + "; ".join(detail))
@@ -427,6 +446,8 @@ def parse_args(argv: list[str]) -> SweepOptions:
     parser.add_argument("--jobs", type=int, default=1, help="conversion processes per model (default 1)")
     parser.add_argument("--input-size", default=None, metavar="HxW", help="every model at this size (default: own)")
     parser.add_argument("--rounds", type=int, default=20, help="bench rounds; 0 skips latency (default 20)")
+    parser.add_argument("--int8-refine-ranges", action="store_true",
+                        help="convert with --int8-refine-ranges (minutes more per int8 artifact)")
     args = parser.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     bad = [t for t in targets if t not in converters.names()]
@@ -451,7 +472,7 @@ def parse_args(argv: list[str]) -> SweepOptions:
             raise UserError(f"--eval-dataset needs labels: {', '.join(k + ':DIR' for k in LABELLED_KINDS)}")
     models = select_models([m.strip() for m in args.models.split(",") if m.strip()])
     return SweepOptions(models, targets, args.out, args.table, args.json, args.limit, args.eval_dataset,
-                        args.eval_limit, args.jobs, size, args.rounds,
+                        args.eval_limit, args.jobs, size, args.rounds, args.int8_refine_ranges,
                         command=shlex.join(["python", "-m", "espnet_mobile.zoo.sweep", *argv]))
 
 
