@@ -364,7 +364,17 @@ def run(args: argparse.Namespace, log=print) -> Scan:
     equalize.equalize_for_int8(quantizable, torch.cat([c.reshape(1, 3, height, width) for c in calib]))
     log(f"{entry.model_id}: quantizing for {args.backend} at {height}x{width}, {len(calib)} calibration "
         f"inputs from {spec.kind} {calib_split}")
-    gm, info = quantized_graph(quantizable, args.backend, [c.reshape(1, 3, height, width) for c in calib])
+    refine = None
+    if getattr(args, "int8_refine_ranges", False):
+        from converters.range_refinement import RangeRefinement
+
+        refine = RangeRefinement()
+    gm, info = quantized_graph(quantizable, args.backend, [c.reshape(1, 3, height, width) for c in calib],
+                               refine=refine, log=log if args.verbose else None)
+    if refine is not None:
+        r = info["range_refinement"]
+        log(f"range refinement: {len(r['narrowed'])} activation ranges narrowed, logit MSE "
+            f"{r['logit_mse_before']:.4g} -> {r['logit_mse_after']:.4g} ({r['seconds']:.0f} s)")
 
     if use_labels:
         pairs = list(Inputs(spec, args.split, args.limit, height, width))
@@ -452,6 +462,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top", type=int, default=None, help="print only the first K rows")
     p.add_argument("--json", type=Path, default=None, help="write the whole scan here")
     p.add_argument("--verbose", action="store_true", help="one line per layer as it is scored")
+    p.add_argument("--int8-refine-ranges", action="store_true",
+                   help="narrow activation ranges by the logit error first, as convert --int8-refine-ranges")
     args = p.parse_args(argv)
     for name in ("limit", "calibration_limit"):
         if getattr(args, name) < 1:

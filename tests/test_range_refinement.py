@@ -136,3 +136,17 @@ def test_litert_quantizer_records_the_refinement(tmp_path):
     record = info["range_refinement"]
     assert record["narrowed"], record
     assert record["logit_mse_after"] < record["logit_mse_before"]
+
+
+def test_the_simulation_refines_as_the_converters_do():
+    """sensitivity.quantized_graph (the budget's and the sensitivity scan's int8 graph) takes the same refinement."""
+    from converters.range_refinement import RangeRefinement
+    from espnet_mobile.sensitivity import parse_args, quantized_graph
+
+    calibration = _inputs(5, 8)
+    _, plain = quantized_graph(_TailedNet().eval(), "xnnpack", calibration)
+    _, refined = quantized_graph(_TailedNet().eval(), "xnnpack", calibration, refine=RangeRefinement(inputs=8))
+    assert "range_refinement" not in plain
+    assert refined["range_refinement"]["narrowed"]
+    args = parse_args(["--model", "espnet_p_2_q_8_camvid", "--data", "camvid:x", "--int8-refine-ranges"])
+    assert args.int8_refine_ranges
