@@ -498,6 +498,9 @@ def _convert(opts: ConvertOptions, log) -> tuple[Path, list[dict], list[str], di
         qc_text = (f", vs reference: max err {qc['max_rel_abs_error']:.1e} of max|logit|, "
                    f"argmax agreement {qc['pixel_agreement']:.2%}") if qc else ""
         log(f"{prefix}: done in {outcome.seconds:.1f} s, {record['bytes'] / 1e6:.2f} MB{qc_text}")
+        hint = _int8_hint(job, qc, ptq=qat is None, options=opts.options)
+        if hint:
+            log(f"{prefix}: {hint}")
     if opts.eval_dataset is not None:
         from espnet_mobile.evaluate import evaluate, format_table, write_accuracy
 
@@ -509,6 +512,23 @@ def _convert(opts: ConvertOptions, log) -> tuple[Path, list[dict], list[str], di
         problems += [f"{r.artifact} on {r.runtime}: {r.error}" for r in evaluation.records if r.error]
         return bundle, records, problems, evaluation.accuracy_section()
     return bundle, records, problems, None
+
+
+#: Below this argmax agreement with fp32 on the golden vectors, convert suggests what to try.
+INT8_HINT_AGREEMENT = 0.97
+
+
+def _int8_hint(job: Job, quick_check: dict | None, *, ptq: bool, options: dict[str, Any]) -> str | None:
+    """What to try when a post-training int8 artifact agrees poorly with fp32 on its golden vectors."""
+    if job.precision != "int8" or not ptq or not quick_check:
+        return None
+    agreement = quick_check.get("pixel_agreement")
+    if agreement is None or agreement >= INT8_HINT_AGREEMENT:
+        return None
+    tries = [] if options.get(range_refinement.OPTION) else ["--int8-refine-ranges (ranges stretched by rare values)"]
+    tries += ["--int8-budget POINTS (layers kept in float)", "a QAT checkpoint (--qat-checkpoint)"]
+    return (f"note: int8 agrees with fp32 on only {agreement:.2%} of the golden pixels (below "
+            f"{INT8_HINT_AGREEMENT:.0%}); try " + ", or ".join(tries) + "; see docs/quantization.md")
 
 
 def _budget_data(opts: ConvertOptions, entry, height: int, width: int):

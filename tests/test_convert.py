@@ -235,3 +235,17 @@ def test_jobs_2_writes_the_same_bytes_as_jobs_1(tmp_path, small_lowering_weights
         bundle = out / model
         shas[jobs] = {a["file"]: sha256_path(bundle / a["file"]) for a in B.load_manifest(bundle)["artifacts"]}
     assert len(shas["1"]) == 3 and shas["1"] == shas["2"]
+
+
+def test_a_poor_int8_artifact_gets_a_hint_of_what_to_try() -> None:
+    from converters import range_refinement
+
+    job = convert.Job("executorch", "int8")
+    poor, good = {"pixel_agreement": 0.5832}, {"pixel_agreement": 0.981}
+    hint = convert._int8_hint(job, poor, ptq=True, options={})
+    assert "58.32%" in hint and "--int8-refine-ranges" in hint and "--int8-budget" in hint
+    refined = convert._int8_hint(job, poor, ptq=True, options={range_refinement.OPTION: True})
+    assert "--int8-refine-ranges" not in refined and "--int8-budget" in refined  # already tried
+    assert convert._int8_hint(job, good, ptq=True, options={}) is None
+    assert convert._int8_hint(job, poor, ptq=False, options={}) is None  # a QAT artifact: not a PTQ problem
+    assert convert._int8_hint(convert.Job("executorch", "fp32"), poor, ptq=True, options={}) is None
