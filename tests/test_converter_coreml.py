@@ -345,7 +345,7 @@ def test_conversion_keeps_the_observer_that_agrees_best(monkeypatch, right: dict
     # its photos min/max (98.94% against 96.02% agreement): neither default fits both.
     model = make_toy().eval()
 
-    def fake_quantize(module, example, *, calibration=None, qat_module=None, quantizer=None):
+    def fake_quantize(module, example, *, calibration=None, qat_module=None, quantizer=None, refine=None):
         return _Answers(module, right[quantizer.observer_name]), {"source": "calibration"}
 
     real = coreml_quantize.coreml_quantizer
