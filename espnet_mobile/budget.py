@@ -18,12 +18,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from espnet_mobile.errors import UserError
+
+if TYPE_CHECKING:
+    from converters.range_refinement import RangeRefinement
 
 #: Photos the per-layer ranking is simulated on (evenly spread over the budget's photos).
 RANK_PHOTOS = 12
@@ -116,7 +119,7 @@ class Choice:
 
 def choose(quantizable: torch.nn.Module, reference: torch.nn.Module, backend: str,
            calibration: list[torch.Tensor], data: BudgetData, budget: float, entry,
-           log: Callable[[str], None] = print, refine: Any = None) -> Choice:
+           log: Callable[[str], None] = print, refine: RangeRefinement | None = None) -> Choice:
     """The fewest convs (most sensitive first) whose float execution keeps the simulated loss within ``budget``."""
     from tqdm import tqdm
 

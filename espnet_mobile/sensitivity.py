@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 import converters
+from converters.range_refinement import RangeRefinement, refine_activation_ranges
 from espnet_mobile.errors import UserError, run_cli
 
 RANKS = ("miou", "agreement")
@@ -185,12 +186,12 @@ def with_layers_in_float(gm: torch.fx.GraphModule, names: Iterable[str]) -> torc
 
 
 def quantized_graph(deployable: torch.nn.Module, backend: str, calibration: Sequence[torch.Tensor],
-                    refine: Any = None, log: Callable[[str], None] | None = None,
+                    refine: RangeRefinement | None = None, log: Callable[[str], None] | None = None,
                     ) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
     """``deployable`` quantized for ``backend`` as ``convert`` does PTQ, as a converted PT2E graph.
 
-    ``refine`` (a :class:`converters.range_refinement.RangeRefinement`) narrows activation
-    ranges by the logit error after calibration, as the converters do when asked.
+    ``refine`` narrows activation ranges by the logit error after calibration, as the
+    converters do when asked.
     """
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -217,8 +218,6 @@ def quantized_graph(deployable: torch.nn.Module, backend: str, calibration: Sequ
     if getattr(quantizer, "float_islands", None):  # LiteRT decides its float islands after calibration
         info["float_nodes"] = {k: v["module"] for k, v in quantizer.float_islands.items()}
     if refine is not None:
-        from converters.range_refinement import refine_activation_ranges
-
         info["range_refinement"] = refine_activation_ranges(prepared, calibration, refine, log=log).as_dict()
     gm = convert_pt2e(prepared, fold_quantize=False)
     move_exported_model_to_eval(gm)
@@ -364,11 +363,7 @@ def run(args: argparse.Namespace, log=print) -> Scan:
     equalize.equalize_for_int8(quantizable, torch.cat([c.reshape(1, 3, height, width) for c in calib]))
     log(f"{entry.model_id}: quantizing for {args.backend} at {height}x{width}, {len(calib)} calibration "
         f"inputs from {spec.kind} {calib_split}")
-    refine = None
-    if getattr(args, "int8_refine_ranges", False):
-        from converters.range_refinement import RangeRefinement
-
-        refine = RangeRefinement()
+    refine = RangeRefinement() if args.int8_refine_ranges else None
     gm, info = quantized_graph(quantizable, args.backend, [c.reshape(1, 3, height, width) for c in calib],
                                refine=refine, log=log if args.verbose else None)
     if refine is not None:

@@ -142,20 +142,18 @@ def _quantize_pt2e(req: ConversionRequest, nhwc: bool) -> tuple[nn.Module, Any, 
     except Exception as exc:
         raise ConversionError(f"torch.export failed before int8 quantization: {exc}") from exc
     gm = prepare_pt2e(gm, quantizer)
-    n = 0
-    with torch.no_grad():
-        for sample in _calibration_batches(req.calibration or [], req.example_input):
-            gm(_to_layout(sample, nhwc))
-            n += 1
-    if n == 0:
+    samples = [_to_layout(s, nhwc) for s in _calibration_batches(req.calibration or [], req.example_input)]
+    if not samples:
         raise ConversionError("int8 calibration got no tensors; pass `--calibration DIR` with images")
+    with torch.no_grad():
+        for sample in samples:
+            gm(sample)
     refine = range_refinement.from_options(req.options)
     if refine is not None:
-        samples = [_to_layout(s, nhwc) for s in _calibration_batches(req.calibration or [], req.example_input)]
         info["range_refinement"] = range_refinement.refine_activation_ranges(gm, samples, refine).as_dict()
     gm = convert_pt2e(gm, fold_quantize=False)
     move_exported_model_to_eval(gm)
-    info.update(quantization="pt2e-ptq", calibration_samples=n)
+    info.update(quantization="pt2e-ptq", calibration_samples=len(samples))
     if quantizer.float_islands:
         info["float_convs"] = quantizer.float_islands
     return gm, quantizer, info
