@@ -410,6 +410,11 @@ def test_distill_data_holds_out_photos(tmp_path):
     assert views.shape == (4 * len(qat_data.HOLDOUT_VIEWS), 3, SIZE, SIZE) and views.dtype == np.float32
     assert 0.0 <= views.min() and views.max() <= 1.0
     assert len(np.unique(views[:: len(qat_data.HOLDOUT_VIEWS)], axis=0)) == 4  # four different photos
+    # --eval-limit scores fewer held-out photos; the rest still do not train.
+    limited = qat_data.load_data(f"distill:{tmp_path}", height=SIZE, width=SIZE, num_classes=21, eval_limit=1)
+    assert {n.split("#")[0] for n in limited.heldout_names} == {"p3"}
+    assert limited.heldout_inputs.shape == (len(qat_data.HOLDOUT_VIEWS), 3, SIZE, SIZE)
+    assert limited.train_names == data.train_names
 
 
 def test_distill_scored_on_labels_trains_on_every_photo(tmp_path):

@@ -221,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-trained-gain", type=float, default=None,
                    help=f"do not train BatchNorms (and their convs) whose gain exceeds this (default "
                         f"{MAX_TRAINED_GAIN:g}; 0 trains every parameter)")
-    p.add_argument("--eval-limit", type=int, default=200, help="held-out images of a labelled dataset")
+    p.add_argument("--eval-limit", type=int, default=200,
+                   help="score at most N held-out images: of a labelled dataset's val split, or of the "
+                        "photos distill: holds out, each in its fixed views (default 200)")
     p.add_argument("--calibration-images", type=int, default=None,
                    help=f"training images (each also flipped) calibrating the PTQ baseline and the pyramid "
                         f"equalization (default {CALIBRATION_IMAGES})")

@@ -15,9 +15,10 @@ Held-out split:
   the input size as the apps do (:func:`espnet_mobile.preprocess.preprocess`),
   labels by nearest neighbour; training uses the ``train`` split;
 * ``distill:DIR``: every fourth photo in name order (at least one) is held out,
-  and each gives :data:`HOLDOUT_VIEWS` fixed crops; their labels are the teacher's
-  argmax, computed once; with a labelled ``eval_data`` (``--eval-data camvid:DIR``)
-  every photo trains and that dataset's ``val`` split, with its labels, is scored.
+  the first ``eval_limit`` of them are scored, each in :data:`HOLDOUT_VIEWS` fixed
+  crops; their labels are the teacher's argmax, computed once; with a labelled
+  ``eval_data`` (``--eval-data camvid:DIR``) every photo trains and that dataset's
+  ``val`` split, with its labels, is scored.
 """
 
 from __future__ import annotations
@@ -159,8 +160,11 @@ def load_data(text: str, *, height: int, width: int, num_classes: int, eval_limi
             raise UserError(f"distill:{spec} needs at least 2 photos (one is held out), found {len(files)}")
         held = [f for i, f in enumerate(files) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1] or [files[-1]]
         train = [f for f in files if f not in held]
+        # --eval-limit caps the photos scored (each in every view); the rest stay out of training, so
+        # the training set does not depend on how much is scored.
+        scored = held[:eval_limit] if eval_limit else held
         views, names = [], []
-        for f in held:
+        for f in scored:
             views += _holdout_views(load_rgb(f), height, width)
             names += [f"{f.stem}#{j}" for j in range(len(HOLDOUT_VIEWS))]
         loaders = [_photo_loader(f) for f in train]
