@@ -162,7 +162,7 @@ def load_data(text: str, *, height: int, width: int, num_classes: int, eval_limi
         train = [f for f in files if f not in held]
         # --eval-limit caps the photos scored (each in every view); the rest stay out of training, so
         # the training set does not depend on how much is scored.
-        scored = held[:eval_limit] if eval_limit else held
+        scored = held[:eval_limit]  # None scores them all, as for the labelled datasets
         views, names = [], []
         for f in scored:
             views += _holdout_views(load_rgb(f), height, width)
