@@ -486,6 +486,26 @@ def test_class_table_puts_the_three_models_side_by_side():
     assert qat_run._class_table(["bg"], {"fp32_class_iou": {"0": 1.0}}, final) is None  # an older checkpoint
 
 
+def test_an_artifact_far_below_its_fake_quant_graph_is_reported_and_warned_about():
+    # The figures of the LiteRT distillation run of espnetc_p_2_q_8 (docs/qat.md): the .tflite
+    # scored 16 points of pixel accuracy below the graph it was converted from.
+    final = {"int8_from": "artifact", "int8_miou": 23.2447, "fake_quant_miou": 38.9599,
+             "int8_pixel_acc": 66.4237, "fake_quant_pixel_acc": 82.7317}
+    gap = qat_run.artifact_gap(final)
+    assert gap == {"miou": pytest.approx(-15.7152), "pixel_acc": pytest.approx(-16.308)}
+    warning = qat_run.artifact_gap_warning(gap, "tflite")
+    assert warning.startswith("warning: the tflite int8 artifact scores 16.31 points of held-out pixel accuracy")
+    # ExecuTorch's artifact of the XNNPACK run scored what its graph did: no warning.
+    close = dict(final, int8_miou=42.67, fake_quant_miou=42.5, int8_pixel_acc=78.03, fake_quant_pixel_acc=78.02)
+    assert qat_run.artifact_gap_warning(qat_run.artifact_gap(close), "xnnpack") is None
+    # Just past the threshold on one metric is enough; an artifact above its graph never warns.
+    edge = dict(close, int8_miou=42.5 - qat_run.ARTIFACT_GAP_WARN_POINTS - 0.01)
+    assert "mIoU" in qat_run.artifact_gap_warning(qat_run.artifact_gap(edge), "coreml")
+    # The fake-quant graph scored in place of an artifact (Core ML here, or --artifact-eval none).
+    assert qat_run.artifact_gap(dict(final, int8_from="fake-quant")) is None
+    assert qat_run.artifact_gap_warning(None, "coreml") is None
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -646,6 +666,12 @@ def test_run_writes_metrics_and_fp32_weights(finished_run):
         assert m["gap_closed_pixel_acc"] == pytest.approx((accuracy[2] - accuracy[1]) / (accuracy[0] - accuracy[1]),
                                                           abs=1e-4)
     assert m["data"] == "synthetic:3" and m["steps"] == 6 and m["fp32_steps"] == 2
+    final = m["history"][-1]
+    if final.get("int8_from") == "artifact":  # the artifact's distance from the graph it was converted from
+        assert m["artifact_minus_fake_quant"]["miou"] == pytest.approx(final["int8_miou"] - final["fake_quant_miou"],
+                                                                       abs=1e-3)
+    else:
+        assert m["artifact_minus_fake_quant"] is None
     assert (finished_run / "fp32_finetuned.pth").is_file()
     em.create_model(TINY, weights=finished_run / "fp32_finetuned.pth")  # loads as a reference model
 

@@ -508,6 +508,9 @@ class Run:
                 final["train_loss"] = round(float(np.mean(window)), 5)
             history.append(final)
             self.log(_format_record(final))
+            warning = artifact_gap_warning(artifact_gap(final), cfg.backend)
+            if warning:
+                self.log(warning)
         final = _broadcast(final, dist)
         self.save(payload(total, "done"))
         return self._write_metrics(baselines, final, history, prepared.report)
@@ -566,6 +569,7 @@ class Run:
                                 + (f" --weights {self.fp32_weights_file}" if self.fp32_weights_file else "")),
             "ptq_calibration_inputs": baselines.get("calibration_inputs"),
             "ptq_artifact": baselines.get("ptq_artifact"), "qat_artifact": final.get("artifact"),
+            "artifact_minus_fake_quant": artifact_gap(final),
             "class_iou": _class_table(self.entry.data.classes, baselines, final),
             "class_coverage": self.coverage,
             "untrained_parameters": list(self.frozen),
@@ -590,6 +594,42 @@ def _class_table(names: Any, baselines: dict[str, Any], final: dict[str, Any]) -
         return None
     return {names[int(c)]: {k: v.get(c) for k, v in columns.items()}
             for c in sorted(set().union(*columns.values()), key=int)}
+
+
+#: Held-out points (pixel accuracy or mIoU) by which the artifact may trail the graph it was converted from
+#: before QAT warns: the ExecuTorch artifacts score within 0.1 of their fake-quant graphs.
+ARTIFACT_GAP_WARN_POINTS = 2.0
+
+
+def artifact_gap(final: dict[str, Any]) -> dict[str, float] | None:
+    """Artifact minus fake-quant graph on the held-out data, at the final step; None if no artifact ran.
+
+    The fake-quant graph is what training optimized; the artifact is what ships. They differ
+    only in how the backend's kernels round, which a sensitive network can turn into a large loss
+    (a LiteRT run of ``espnetc_p_2_q_8``: 82.73% simulated, 66.42% from the ``.tflite``).
+    """
+    if final.get("int8_from") != "artifact":
+        return None
+    gap = {}
+    for metric in ("miou", "pixel_acc"):
+        artifact, graph = final.get(f"int8_{metric}"), final.get(f"fake_quant_{metric}")
+        if artifact is not None and graph is not None:
+            gap[metric] = round(float(artifact) - float(graph), 4)
+    return gap or None
+
+
+def artifact_gap_warning(gap: dict[str, float] | None, backend: str) -> str | None:
+    """A warning when the artifact trails its fake-quant graph by more than ARTIFACT_GAP_WARN_POINTS."""
+    if not gap:
+        return None
+    worst = min(gap, key=gap.get)
+    if gap[worst] >= -ARTIFACT_GAP_WARN_POINTS:
+        return None
+    name = {"miou": "mIoU", "pixel_acc": "pixel accuracy"}[worst]
+    return (f"warning: the {backend} int8 artifact scores {-gap[worst]:.2f} points of held-out {name} below the "
+            f"fake-quant graph it was converted from: the backend rounds differently from the training "
+            f"simulation and this network amplifies it. Judge the run by the artifact's figures, or compare "
+            f"with the PTQ artifact (metrics.json: artifact_minus_fake_quant; docs/qat.md)")
 
 
 def _gap_closed(fp32: float | None, ptq: float | None, qat: float | None) -> float | None:
