@@ -604,9 +604,9 @@ ARTIFACT_GAP_WARN_POINTS = 2.0
 def artifact_gap(final: dict[str, Any]) -> dict[str, float] | None:
     """Artifact minus fake-quant graph on the held-out data, at the final step; None if no artifact ran.
 
-    The fake-quant graph is what training optimized; the artifact is what ships. They differ
-    only in how the backend's kernels round, which a sensitive network can turn into a large loss
-    (a LiteRT run of ``espnetc_p_2_q_8``: 82.73% simulated, 66.42% from the ``.tflite``).
+    The fake-quant graph is what training optimized; the artifact is what ships. They should differ
+    only in how the backend's kernels round, which a sensitive network can still turn into a large
+    loss (a LiteRT run of ``espnetc_p_2_q_8``: 82.73% simulated, 66.42% from the ``.tflite``).
     """
     if final.get("int8_from") != "artifact":
         return None
@@ -627,9 +627,10 @@ def artifact_gap_warning(gap: dict[str, float] | None, backend: str) -> str | No
         return None
     name = {"miou": "mIoU", "pixel_acc": "pixel accuracy"}[worst]
     return (f"warning: the {backend} int8 artifact scores {-gap[worst]:.2f} points of held-out {name} below the "
-            f"fake-quant graph it was converted from: the backend rounds differently from the training "
-            f"simulation and this network amplifies it. Judge the run by the artifact's figures, or compare "
-            f"with the PTQ artifact (metrics.json: artifact_minus_fake_quant; docs/qat.md)")
+            f"fake-quant graph it was converted from: the backend does not compute what training simulated "
+            f"(its kernels round differently and this network amplifies that, or the conversion is at fault). "
+            f"Judge the run by the artifact's figures and compare them with the PTQ artifact's "
+            f"(metrics.json: artifact_minus_fake_quant; docs/qat.md)")
 
 
 def _gap_closed(fp32: float | None, ptq: float | None, qat: float | None) -> float | None:
