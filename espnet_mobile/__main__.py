@@ -17,6 +17,8 @@ COMMANDS = {
     "package": ("espnet_mobile.package", "verify a bundle and write the zip an app embeds"),
     "qat": ("espnet_mobile.qat", "quantization-aware fine-tuning for one backend"),
     "sensitivity": ("espnet_mobile.sensitivity", "rank layers by the accuracy int8 loses in each"),
+    "noise-floor": ("espnet_mobile.noise_floor", "how often the fp32 argmax itself flips under one-level input "
+                                                 "noise: a yardstick for int8 agreement"),
     "sweep": ("espnet_mobile.zoo.sweep", "convert every zoo model to int8, measure each, write docs/zoo.md"),
 }
 
