@@ -55,7 +55,8 @@ def _fake(model_id: str, opts: S.SweepOptions, log) -> S.ModelResult:
     backends = [b for b in backends if b.target in opts.targets]
     bench = (50.0, 20.0) if "executorch" in opts.targets else (None, None)
     return S.ModelResult(model_id, "360x480", "2026-12-05", "abc1234", "4 CamVid val frames", backends, 61.0,
-                         "CamVid val, 4 photos", *bench)
+                         "CamVid val, 4 photos", *bench, fp32_noise_floor=0.9876,
+                         noise_floor_measured="2026-12-05 abc1234")
 
 
 def test_table_states_figures_failures_and_what_is_left(monkeypatch, tmp_path: Path) -> None:
@@ -69,6 +70,7 @@ def test_table_states_figures_failures_and_what_is_left(monkeypatch, tmp_path: P
     assert f"{0.99 - rank / 1000:.2%} |" in text  # above the target: no mark
     assert "90.00%* |" in text  # below it: marked
     assert "61.00 -> 60.00" in text and "1.23%" in text and "20.0 vs 50.0 ms (2.50x)" in text
+    assert "| 98.76% |" in text and "**fp32 noise floor**" in text  # beside each backend's int8 agreement
     assert "failed: convert: ConversionError: boom" in text
     assert "python -m espnet_mobile.zoo.sweep --models espnet_p_2_q_8_camvid,espnetc_p_2_q_3" in text
     assert "## How each figure was measured" in text and S.git_commit() in text
@@ -93,6 +95,47 @@ def test_table_states_figures_failures_and_what_is_left(monkeypatch, tmp_path: P
     assert [row.split(" | ")[2] for row in rows] == ["ExecuTorch XNNPACK", "LiteRT CPU", "Core ML (MIL interpreter)"]
     assert "20.0 vs 50.0 ms (2.50x)" in rows[0] and rows[0].endswith("2026-12-05 abc1234 |")
     assert "61.00 -> 59.50" in rows[2] and rows[2].endswith("2026-12-06 def5678 |")
+
+
+def test_noise_floor_only_adds_the_floor_to_swept_models_and_changes_nothing_else(monkeypatch, tmp_path) -> None:
+    table, out = tmp_path / "docs" / "zoo.md", tmp_path / "art"
+
+    def without_floor(model_id, opts, log):
+        return S.replace(_fake(model_id, opts, log), input_size=S._input_size(model_id, opts), fp32_noise_floor=None,
+                         noise_floor_measured="")
+
+    monkeypatch.setattr(S, "sweep_model", without_floor)
+    assert S.main(["--models", "espnet_p_2_q_3", "--targets", "executorch,tflite", "--out", str(out),
+                   "--table", str(table)]) == 0
+    before = json.loads(table.with_suffix(".json").read_text())["models"]["espnet_p_2_q_3"]
+    assert before["fp32_noise_floor"] is None
+
+    def floor(model_id, opts, log):
+        assert opts.noise_floor_only
+        return S.ModelResult(model_id, "512x1024", "2026-12-07", "fed0987", fp32_noise_floor=0.9687,
+                             noise_floor_measured="2026-12-07 fed0987")
+
+    monkeypatch.setattr(S, "sweep_model", lambda *a: pytest.fail("--noise-floor-only converted a model"))
+    monkeypatch.setattr(S, "noise_floor_model", floor)
+    lines: list[str] = []
+    # espnet_p_2_q_8 was never swept: skipped with a reason, not given a row of its own.
+    swept = S.run(S.parse_args(["--models", "espnet_p_2_q_3,espnet_p_2_q_8", "--noise-floor-only", "--out",
+                                str(out), "--table", str(table)]), log=lines.append)
+    assert list(swept) == ["espnet_p_2_q_3"] and any("skipped" in line and "sweep it first" in line for line in lines)
+    data = json.loads(table.with_suffix(".json").read_text())
+    after = data["models"]["espnet_p_2_q_3"]
+    assert set(data["models"]) == {"espnet_p_2_q_3"}
+    assert after["fp32_noise_floor"] == 0.9687 and after["noise_floor_measured"] == "2026-12-07 fed0987"
+    assert {k: v for k, v in after.items() if not k.startswith(("fp32_noise", "noise_floor"))} == \
+        {k: v for k, v in before.items() if not k.startswith(("fp32_noise", "noise_floor"))}
+    text = table.read_text()
+    assert text.count("| 96.87% |") == 2 and "noise floor measured 2026-12-07 fed0987" in text
+
+    # A later full sweep that could not measure the floor keeps the one measured.
+    monkeypatch.setattr(S, "sweep_model", without_floor)
+    assert S.main(["--models", "espnet_p_2_q_3", "--targets", "executorch", "--out", str(out),
+                   "--table", str(table)]) == 0
+    assert json.loads(table.with_suffix(".json").read_text())["models"]["espnet_p_2_q_3"]["fp32_noise_floor"] == 0.9687
 
 
 def test_an_interrupted_run_lists_only_the_models_it_finished(monkeypatch, tmp_path: Path) -> None:
@@ -194,6 +237,7 @@ def test_sweep_measures_each_family_and_reuses_the_cache(weights_dir, images_dir
             assert 0.5 < b.int8_agreement <= 1.0, (model_id, b.target)
             assert 0.0 <= b.float_share < 0.5
         assert result.eager_ms > 0 and result.executorch_int8_ms > 0
+        assert 0.5 < result.fp32_noise_floor <= 1.0, model_id  # measured on the same photos as the agreement
     files = sorted((tmp_path / "art").rglob("*_int8.*"))
     stamps = {p: p.stat().st_mtime_ns for p in files}
     assert len(files) >= 2 * len(SLOW_MODELS)

@@ -7,7 +7,9 @@ int8 has to keep its accuracy for every model family, and only a table over the 
 zoo shows which family or size loses it. Every step is the project's own: ``convert.run``
 (its cache, so a resumed sweep converts nothing twice), ``parity.check_parity`` on photos
 of the model's domain, ``evaluate`` where labels of that domain exist, ``bench.benchmark``
-(interleaved rounds) for latency and ``zoo.flops`` for the share of MACs kept in float.
+(interleaved rounds) for latency, ``zoo.flops`` for the share of MACs kept in float, and
+``noise_floor`` for how stable the fp32 argmax itself is on the same photos (``--noise-floor-only``
+adds that figure to models already in the table without converting anything).
 A model that fails is a row with its error, never the end of the sweep. Results live in a JSON
 file beside the table (``docs/zoo.json``), committed with it: a later run keeps the rows of the
 models and backends it does not sweep, so the table grows run by run (``--targets coreml`` over
@@ -61,6 +63,7 @@ class SweepOptions:
     input_size: tuple[int, int] | None = None  # None: each model's own
     rounds: int = 20
     refine_ranges: bool = False  # convert --int8-refine-ranges
+    noise_floor_only: bool = False  # measure only the fp32 noise floor of models already swept
     command: str = "python -m espnet_mobile.zoo.sweep"
 
     @property
@@ -98,6 +101,8 @@ class ModelResult:
     eager_ms: float | None = None
     executorch_int8_ms: float | None = None
     bench_note: str = ""
+    fp32_noise_floor: float | None = None  # fp32 argmax agreement with itself under 1-level input noise
+    noise_floor_measured: str = ""  # "date commit"
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -221,6 +226,11 @@ def sweep_model(model_id: str, opts: SweepOptions, log) -> ModelResult:
         except Exception as err:
             result.errors.append(f"parity: {one_line(err)}")
 
+    try:
+        measure_noise_floor(result, opts, log)
+    except Exception as err:
+        result.errors.append(f"noise floor: {one_line(err)}")
+
     kind = opts.eval_dataset.partition(":")[0] if opts.eval_dataset else None
     if kind is None or kind != entry.dataset:
         result.labels = f"no {entry.data.title} labels here"
@@ -264,6 +274,40 @@ def sweep_model(model_id: str, opts: SweepOptions, log) -> ModelResult:
     return result
 
 
+def measure_noise_floor(result: ModelResult, opts: SweepOptions, log) -> None:
+    """Set ``result``'s fp32 noise floor, measured on the photos ``parity`` checks the model on."""
+    from espnet_mobile import noise_floor
+    from espnet_mobile.data.domain_photos import domain_photos
+    from espnet_mobile.zoo import get_entry
+
+    choice = domain_photos(get_entry(result.model_id), "check", opts.limit)
+    if choice is None:
+        raise UserError("no photos of the model's domain: set $ESPNET_MOBILE_IMAGES and $ESPNET_MOBILE_DATASETS")
+    log(f"  fp32 noise floor: the reference against itself with inputs moved by up to "
+        f"{noise_floor.DEFAULT_LEVELS} level, {len(choice.paths)} photos x {noise_floor.DEFAULT_SEEDS} draws")
+    h, w = (int(v) for v in result.input_size.split("x"))
+    floor = noise_floor.measure(result.model_id, photos=choice.paths, photos_description=choice.description,
+                                input_size=(h, w))
+    result.fp32_noise_floor = floor.agreement
+    result.noise_floor_measured = f"{dt.date.today().isoformat()} {git_commit()}"
+
+
+def noise_floor_model(model_id: str, opts: SweepOptions, log) -> ModelResult:
+    """``--noise-floor-only``: a result that carries nothing but the model's noise floor."""
+    from espnet_mobile.zoo import get_entry
+
+    entry = get_entry(model_id)
+    h, w = opts.input_size or (entry.input_height, entry.input_width)
+    result = ModelResult(model_id, f"{h}x{w}", dt.date.today().isoformat(), git_commit())
+    start = time.perf_counter()
+    try:
+        measure_noise_floor(result, opts, log)
+    except Exception as err:
+        result.errors.append(f"noise floor: {one_line(err)}")
+    result.seconds = round(time.perf_counter() - start, 1)
+    return result
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
@@ -285,6 +329,10 @@ def format_table(results: dict[str, ModelResult], runs: list[dict], opts: SweepO
              "on other photos (CamVid train frames for street models). "
              f"Target: at least {TARGET_AGREEMENT:.0%}; a `*` marks a figure below it.",
              "- **fp32 agreement**: the same for the fp32 artifact: a check of the conversion itself.",
+             "- **fp32 noise floor**: the PyTorch fp32 reference against itself, on the same photos, when every "
+             "input value moves by -1, 0 or +1 levels of 255 at random (2 draws per photo; "
+             "`python -m espnet_mobile.noise_floor`). Where fp32's own argmax flips on noise below a camera's, "
+             "int8 cannot be expected to agree with it more often than this.",
              "- **mIoU fp32 -> int8**: `espnet_mobile.evaluate` against labels: the PyTorch fp32 reference, then the "
              "int8 artifact on that runtime. Only where labels of the model's domain are here (CamVid val); there "
              "are no Cityscapes or VOC labels on this machine.",
@@ -300,9 +348,9 @@ def format_table(results: dict[str, ModelResult], runs: list[dict], opts: SweepO
              "interleaved rounds of PyTorch eager fp32 and the ExecuTorch XNNPACK int8 artifact on the same input, "
              "default thread counts, on a 2-core machine shared with other jobs (its load is listed under the "
              "table); speed-up = eager / int8.", "",
-             "| model | input | backend | int8 agreement | fp32 agreement | mIoU fp32 -> int8 | float share "
-             "| ExecuTorch int8 vs eager fp32 | measured |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | input | backend | int8 agreement | fp32 agreement | fp32 noise floor | mIoU fp32 -> int8 "
+             "| float share | ExecuTorch int8 vs eager fp32 | measured |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     met = total = 0
     notes = []
     for model_id in [k for k in ZOO if k in results]:
@@ -310,7 +358,7 @@ def format_table(results: dict[str, ModelResult], runs: list[dict], opts: SweepO
         if not r.backends or (r.errors and all(b.int8_agreement is None for b in r.backends)):
             when = f"{r.date} {r.commit}"
             lines.append(f"| {model_id} | {r.input_size} | - | failed: {'; '.join(r.errors) or 'no result'} "
-                         f"| | | | | {when} |")
+                         f"| | | | | | {when} |")
             continue
         for b in r.backends:
             if b.int8_agreement is not None:
@@ -327,13 +375,16 @@ def format_table(results: dict[str, ModelResult], runs: list[dict], opts: SweepO
                 speed = f"{r.executorch_int8_ms:.1f} vs {r.eager_ms:.1f} ms ({r.eager_ms / r.executorch_int8_ms:.2f}x)"
             when = f"{b.date or r.date} {b.commit or r.commit}"
             lines.append(f"| {model_id} | {r.input_size} | {LABELS.get(b.target, b.target)} | {agreement} "
-                         f"| {_pct(b.fp32_agreement)} | {miou} | {share} | {speed} | {when} |")
+                         f"| {_pct(b.fp32_agreement)} | {_pct(r.fp32_noise_floor)} | {miou} | {share} | {speed} "
+                         f"| {when} |")
         detail = [f"photos: {r.photos or '-'}", f"labels: {r.labels or '-'}"]
         detail += [f"{LABELS.get(b.target, b.target)} float layers: {', '.join(b.float_layers)}"
                    for b in r.backends if b.float_layers]
         detail += [f"{LABELS.get(b.target, b.target)} activation ranges narrowed by the output error "
                    f"(--int8-refine-ranges): {b.narrowed_ranges}" for b in r.backends if b.narrowed_ranges is not None]
         detail += [f"load: {r.bench_note}"] if r.bench_note else []
+        detail += [f"noise floor measured {r.noise_floor_measured}"] \
+            if r.noise_floor_measured and r.noise_floor_measured != f"{r.date} {r.commit}" else []
         detail += [f"error: {e}" for e in r.errors]
         notes.append(f"- `{model_id}` ({r.seconds:.0f} s): " + "; ".join(detail))
     missing = [k for k in ZOO if k not in results]
@@ -377,7 +428,16 @@ def merge_result(old: ModelResult | None, new: ModelResult) -> ModelResult:
     if new.reference_miou is None and any(b.miou_int8 is not None for b in kept):
         merged.reference_miou, merged.labels = old.reference_miou, old.labels
     merged.photos = new.photos or old.photos
+    if new.fp32_noise_floor is None:
+        merged.fp32_noise_floor, merged.noise_floor_measured = old.fp32_noise_floor, old.noise_floor_measured
     return merged
+
+
+def with_noise_floor(old: ModelResult, new: ModelResult) -> ModelResult:
+    """``old`` with the noise floor of ``new`` (a ``--noise-floor-only`` result); nothing else changes."""
+    if new.fp32_noise_floor is None:
+        return old
+    return replace(old, fp32_noise_floor=new.fp32_noise_floor, noise_floor_measured=new.noise_floor_measured)
 
 
 @contextlib.contextmanager
@@ -411,14 +471,29 @@ def run(opts: SweepOptions, log=print) -> dict[str, ModelResult]:
     swept: dict[str, ModelResult] = {}
     for index, model_id in enumerate(opts.models, 1):
         log(f"[{index}/{len(opts.models)}] {model_id}")
-        result = sweep_model(model_id, opts, log)
+        if opts.noise_floor_only:
+            with _locked(opts.json_path):
+                old = load_previous(opts.json_path)[0].get(model_id)
+            if old is None or old.input_size != _input_size(model_id, opts):
+                log(f"    skipped: no sweep result of {model_id} at {_input_size(model_id, opts)} to add the "
+                    "noise floor to; sweep it first")
+                continue
+            result = noise_floor_model(model_id, opts, log)
+        else:
+            result = sweep_model(model_id, opts, log)
         swept[model_id] = result
-        figures = ", ".join(f"{b.target} int8 {_pct(b.int8_agreement)}" for b in result.backends)
+        figures = ", ".join([f"{b.target} int8 {_pct(b.int8_agreement)}" for b in result.backends]
+                            + [f"fp32 noise floor {_pct(result.fp32_noise_floor)}"])
         log(f"[{index}/{len(opts.models)}] {model_id}: {figures} ({result.seconds:.0f} s)"
             + "".join(f"\n    error: {e}" for e in result.errors + [b.error for b in result.backends if b.error]))
         with _locked(opts.json_path):
             results, runs = load_previous(opts.json_path)
-            results[model_id] = merge_result(results.get(model_id), result)
+            if opts.noise_floor_only:
+                if model_id not in results:  # removed by another sweep in the meantime
+                    continue
+                results[model_id] = with_noise_floor(results[model_id], result)
+            else:
+                results[model_id] = merge_result(results.get(model_id), result)
             this_run["models"] = list(swept)
             runs = [r for r in runs if r.get("started") != this_run["started"] or r["command"] != opts.command]
             runs.append(this_run)
@@ -426,6 +501,14 @@ def run(opts: SweepOptions, log=print) -> dict[str, ModelResult]:
             if opts.table is not None:
                 write_text_atomic(opts.table, format_table(results, runs, opts))
     return swept
+
+
+def _input_size(model_id: str, opts: SweepOptions) -> str:
+    from espnet_mobile.zoo import get_entry
+
+    entry = get_entry(model_id)
+    h, w = opts.input_size or (entry.input_height, entry.input_width)
+    return f"{h}x{w}"
 
 
 def parse_args(argv: list[str]) -> SweepOptions:
@@ -448,6 +531,8 @@ def parse_args(argv: list[str]) -> SweepOptions:
     parser.add_argument("--rounds", type=int, default=20, help="bench rounds; 0 skips latency (default 20)")
     parser.add_argument("--int8-refine-ranges", action="store_true",
                         help="convert with --int8-refine-ranges (minutes more per int8 artifact)")
+    parser.add_argument("--noise-floor-only", action="store_true",
+                        help="convert nothing: add the fp32 noise floor to models already in the table")
     args = parser.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     bad = [t for t in targets if t not in converters.names()]
@@ -473,7 +558,7 @@ def parse_args(argv: list[str]) -> SweepOptions:
     models = select_models([m.strip() for m in args.models.split(",") if m.strip()])
     return SweepOptions(models, targets, args.out, args.table, args.json, args.limit, args.eval_dataset,
                         args.eval_limit, args.jobs, size, args.rounds, args.int8_refine_ranges,
-                        command=shlex.join(["python", "-m", "espnet_mobile.zoo.sweep", *argv]))
+                        args.noise_floor_only, command=shlex.join(["python", "-m", "espnet_mobile.zoo.sweep", *argv]))
 
 
 def main(argv: list[str] | None = None) -> int:
