@@ -2,11 +2,12 @@
 
 An int8 artifact is judged by its argmax agreement with the fp32 reference. That figure
 means something only where the fp32 decision is itself stable: if moving each input value
-by one level of an 8-bit image (less than a camera's noise, or a JPEG re-encode) already
-changes 3% of the pixels, no int8 scheme can be expected to agree on 97%. This module
-measures that floor on the same photos the agreement is measured on, in PyTorch: the
-reference's argmax on each photo against its argmax on the photo with every value moved
-by -1, 0 or +1 levels at random (several seeds, pooled).
+by one level of an 8-bit image (the smallest change such an image can carry) already changes
+3% of the pixels, an int8 agreement of 97% is a demand on fp32's indecision as much as on
+int8. This module measures that floor on the same photos the agreement is measured on, in
+PyTorch: the reference's argmax on each photo against its argmax on the photo with every value
+moved by -1, 0 or +1 levels at random (several seeds, pooled). Values at 0 or 1 are clamped, so
+saturated pixels move less and the floor reads slightly high on photos with many of them.
 
 ``python -m espnet_mobile.noise_floor --model ID`` prints it per photo; the zoo sweep puts
 it beside each model's int8 agreement (docs/zoo.md).
@@ -102,7 +103,7 @@ def measure(model_id: str, *, photos: Sequence[Path] | None = None, photos_descr
     pooled, per_input = input_noise_agreement(lambda x: reference_forward(model, entry, x), inputs,
                                               levels=levels, seeds=seeds)
     return NoiseFloor(model_id, f"{height}x{width}", photos_description or f"{len(photos)} photos", pooled,
-                      {p.name: a for p, a in zip(photos, per_input, strict=True)}, levels, seeds)
+                      {str(p): a for p, a in zip(photos, per_input, strict=True)}, levels, seeds)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -113,7 +114,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="zoo id")
     parser.add_argument("--images", type=Path, default=None,
                         help="folder of photos (default: the model's domain, as parity picks them)")
-    parser.add_argument("--limit", type=int, default=None, help="at most N photos (default 16)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="at most N photos (default: 16 of the model's domain, or every photo of --images)")
     parser.add_argument("--input-size", default=None, metavar="HxW", help="default: the zoo's")
     parser.add_argument("--weights", default=None, help="checkpoint (default: the published one)")
     parser.add_argument("--levels", type=int, default=DEFAULT_LEVELS,
@@ -130,6 +132,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             h, w = (int(v) for v in args.input_size.lower().split("x"))
         except ValueError:
             raise UserError(f"--input-size must look like 256x512, got {args.input_size!r}") from None
+        if h < 1 or w < 1:
+            raise UserError(f"--input-size must be positive, got {args.input_size!r}")
         args.input_size = (h, w)
     return args
 
@@ -151,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                         input_size=args.input_size, weights=args.weights, levels=args.levels, seeds=args.seeds)
         print(f"{floor.model_id} at {floor.input_size}, {floor.photos}; each input value moved by up to "
               f"{floor.levels} level(s) of 255, {floor.seeds} draws per photo")
-        for name, share in floor.per_photo.items():
-            print(f"  {share:7.2%}  {name}")
+        for path, share in floor.per_photo.items():
+            print(f"  {share:7.2%}  {Path(path).name}")
         print(f"fp32 argmax unchanged on {floor.agreement:.2%} of the pixels")
         return 0
 

@@ -48,7 +48,7 @@ def test_a_decision_a_fraction_of_a_level_away_flips_and_a_clear_one_does_not() 
     assert pooled == pytest.approx((1.0 + per_input[1]) / 2)
 
 
-def test_more_noise_never_helps_on_average() -> None:
+def test_four_levels_of_noise_flip_more_pixels_than_one() -> None:
     torch.manual_seed(0)
     x = torch.rand(1, 3, 32, 32) * 0.1 + 0.45  # red and green within a few levels of each other
     one, _ = NF.input_noise_agreement(red_against_green, [x], levels=1, seeds=4)
@@ -61,6 +61,7 @@ def test_more_noise_never_helps_on_average() -> None:
     (["--model", "espnet_p_2_q_3", "--levels", "0"], "--levels"),
     (["--model", "espnet_p_2_q_3", "--images", "/no/such/folder"], "--images"),
     (["--model", "espnet_p_2_q_3", "--input-size", "big"], "--input-size"),
+    (["--model", "espnet_p_2_q_3", "--input-size", "0x512"], "--input-size"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys) -> None:
     assert NF.main(argv) == 2

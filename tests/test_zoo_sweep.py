@@ -131,6 +131,15 @@ def test_noise_floor_only_adds_the_floor_to_swept_models_and_changes_nothing_els
     text = table.read_text()
     assert text.count("| 96.87% |") == 2 and "noise floor measured 2026-12-07 fed0987" in text
 
+    # A floor measured on other photos than the row's agreement is not comparable with it: dropped, and said so.
+    monkeypatch.setattr(S, "noise_floor_model", lambda model_id, opts, log: S.replace(
+        floor(model_id, opts, log), fp32_noise_floor=0.5, photos="3 Cityscapes frames"))
+    lines.clear()
+    S.run(S.parse_args(["--models", "espnet_p_2_q_3", "--noise-floor-only", "--out", str(out), "--table",
+                        str(table)]), log=lines.append)
+    assert json.loads(table.with_suffix(".json").read_text())["models"]["espnet_p_2_q_3"]["fp32_noise_floor"] == 0.9687
+    assert any("floor not recorded" in line and "3 Cityscapes frames" in line for line in lines)
+
     # A later full sweep that could not measure the floor keeps the one measured.
     monkeypatch.setattr(S, "sweep_model", without_floor)
     assert S.main(["--models", "espnet_p_2_q_3", "--targets", "executorch", "--out", str(out),

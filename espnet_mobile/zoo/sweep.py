@@ -289,6 +289,7 @@ def measure_noise_floor(result: ModelResult, opts: SweepOptions, log) -> None:
     floor = noise_floor.measure(result.model_id, photos=choice.paths, photos_description=choice.description,
                                 input_size=(h, w))
     result.fp32_noise_floor = floor.agreement
+    result.photos = result.photos or choice.description
     result.noise_floor_measured = f"{dt.date.today().isoformat()} {git_commit()}"
 
 
@@ -331,8 +332,9 @@ def format_table(results: dict[str, ModelResult], runs: list[dict], opts: SweepO
              "- **fp32 agreement**: the same for the fp32 artifact: a check of the conversion itself.",
              "- **fp32 noise floor**: the PyTorch fp32 reference against itself, on the same photos, when every "
              "input value moves by -1, 0 or +1 levels of 255 at random (2 draws per photo; "
-             "`python -m espnet_mobile.noise_floor`). Where fp32's own argmax flips on noise below a camera's, "
-             "int8 cannot be expected to agree with it more often than this.",
+             "`python -m espnet_mobile.noise_floor`). Where fp32's own argmax flips on the smallest change an 8-bit "
+             "image can carry, an int8 agreement near or below this says as much about fp32's indecision on "
+             "those photos as about int8.",
              "- **mIoU fp32 -> int8**: `espnet_mobile.evaluate` against labels: the PyTorch fp32 reference, then the "
              "int8 artifact on that runtime. Only where labels of the model's domain are here (CamVid val); there "
              "are no Cityscapes or VOC labels on this machine.",
@@ -404,8 +406,8 @@ def load_previous(path: Path) -> tuple[dict[str, ModelResult], list[dict]]:
         data = json.loads(path.read_text())
         return {k: ModelResult.from_json(v) for k, v in data["models"].items()}, list(data.get("runs", []))
     except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{path} is not a sweep result ({one_line(err)}); pass another --json or remove it") \
-            from None
+        raise UserError(f"cannot read {path} as sweep results ({one_line(err)}): written by another version of "
+                        "espnet-mobile? Sweep with the version that wrote it, or pass another --json") from None
 
 
 def merge_result(old: ModelResult | None, new: ModelResult) -> ModelResult:
@@ -434,8 +436,12 @@ def merge_result(old: ModelResult | None, new: ModelResult) -> ModelResult:
 
 
 def with_noise_floor(old: ModelResult, new: ModelResult) -> ModelResult:
-    """``old`` with the noise floor of ``new`` (a ``--noise-floor-only`` result); nothing else changes."""
-    if new.fp32_noise_floor is None:
+    """``old`` with the noise floor of ``new`` (a ``--noise-floor-only`` result); nothing else changes.
+
+    A floor measured at another input size or on other photos than ``old``'s agreement is not
+    comparable with it and is dropped."""
+    if new.fp32_noise_floor is None or new.input_size != old.input_size or \
+            (old.photos and new.photos and not old.photos.startswith(new.photos)):
         return old
     return replace(old, fp32_noise_floor=new.fp32_noise_floor, noise_floor_measured=new.noise_floor_measured)
 
@@ -491,7 +497,11 @@ def run(opts: SweepOptions, log=print) -> dict[str, ModelResult]:
             if opts.noise_floor_only:
                 if model_id not in results:  # removed by another sweep in the meantime
                     continue
-                results[model_id] = with_noise_floor(results[model_id], result)
+                merged = with_noise_floor(results[model_id], result)
+                if merged is results[model_id]:
+                    log(f"    {model_id}: floor not recorded: measured at {result.input_size} on "
+                        f"{result.photos or 'no photos'}, the row at {merged.input_size} on {merged.photos}")
+                results[model_id] = merged
             else:
                 results[model_id] = merge_result(results.get(model_id), result)
             this_run["models"] = list(swept)
@@ -504,6 +514,7 @@ def run(opts: SweepOptions, log=print) -> dict[str, ModelResult]:
 
 
 def _input_size(model_id: str, opts: SweepOptions) -> str:
+    """The input size a model is swept at, as the results record it ("HxW")."""
     from espnet_mobile.zoo import get_entry
 
     entry = get_entry(model_id)
