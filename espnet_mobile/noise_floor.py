@@ -128,13 +128,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.images is not None and not args.images.is_dir():
         raise UserError(f"--images: {args.images} is not a folder")
     if args.input_size:
-        try:
-            h, w = (int(v) for v in args.input_size.lower().split("x"))
-        except ValueError:
-            raise UserError(f"--input-size must look like 256x512, got {args.input_size!r}") from None
-        if h < 1 or w < 1:
-            raise UserError(f"--input-size must be positive, got {args.input_size!r}")
-        args.input_size = (h, w)
+        from espnet_mobile.preprocess import parse_input_size
+
+        args.input_size = parse_input_size(args.input_size)
     return args
 
 

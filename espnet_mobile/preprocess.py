@@ -23,6 +23,19 @@ from __future__ import annotations
 
 import numpy as np
 
+
+def parse_input_size(text: str) -> tuple[int, int]:
+    """``--input-size HxW`` as (height, width): the size photos are resized to here."""
+    from espnet_mobile.errors import UserError
+
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--input-size must look like 256x256 (height x width), got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise UserError(f"--input-size must be positive, got {text!r}")
+    return h, w
+
 PREPROCESSING_SPEC = {
     "decode": "8-bit RGB, EXIF orientation applied",
     "resize": "bilinear, half-pixel centres, edge clamp, float64 on 0-255 values",

@@ -11,6 +11,7 @@ from typing import Any
 
 from converters.base import DEFAULT_MAX_WEIGHT_GAIN
 from espnet_mobile.errors import UserError
+from espnet_mobile.preprocess import parse_input_size
 from espnet_mobile.qat import graph as qat_graph
 from espnet_mobile.qat.data import CLASS_WEIGHTS, SCALE_RANGE
 
@@ -143,16 +144,6 @@ class RunConfig:
 RESUME_FREE = ("eval_limit",)
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--input-size must look like 256x256 (height x width), got {text!r}") from None
-    if h <= 0 or w <= 0:
-        raise UserError(f"--input-size must be positive, got {text!r}")
-    return h, w
-
-
 def _parse_scale(text: str) -> tuple[float, float]:
     try:
         low, high = (float(v) for v in text.split(":"))
@@ -266,7 +257,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
         raise UserError("--eval-data scores a distill: run on labels; a labelled --data is already scored on its "
                         "own val split - drop --eval-data")
     values = {name: getattr(args, name) for name in CONFIG_OPTIONS if name not in ("input_size", "crop_scale")}
-    values["input_size"] = _parse_size(args.input_size) if args.input_size else None
+    values["input_size"] = parse_input_size(args.input_size) if args.input_size else None
     values["crop_scale"] = _parse_scale(args.crop_scale) if args.crop_scale else None
     given = {name for name, v in values.items() if v is not None}
     cfg = RunConfig(model=args.model, backend=args.backend, eval_limit=args.eval_limit,

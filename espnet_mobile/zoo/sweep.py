@@ -277,29 +277,19 @@ def sweep_model(model_id: str, opts: SweepOptions, log) -> ModelResult:
 def measure_noise_floor(result: ModelResult, opts: SweepOptions, log) -> None:
     """Set ``result``'s fp32 noise floor, measured on the photos ``parity`` checks the model on."""
     from espnet_mobile import noise_floor
-    from espnet_mobile.data.domain_photos import domain_photos
-    from espnet_mobile.zoo import get_entry
 
-    choice = domain_photos(get_entry(result.model_id), "check", opts.limit)
-    if choice is None:
-        raise UserError("no photos of the model's domain: set $ESPNET_MOBILE_IMAGES and $ESPNET_MOBILE_DATASETS")
     log(f"  fp32 noise floor: the reference against itself with inputs moved by up to "
-        f"{noise_floor.DEFAULT_LEVELS} level, {len(choice.paths)} photos x {noise_floor.DEFAULT_SEEDS} draws")
+        f"{noise_floor.DEFAULT_LEVELS} level, {noise_floor.DEFAULT_SEEDS} draws per photo")
     h, w = (int(v) for v in result.input_size.split("x"))
-    floor = noise_floor.measure(result.model_id, photos=choice.paths, photos_description=choice.description,
-                                input_size=(h, w))
+    floor = noise_floor.measure(result.model_id, limit=opts.limit, input_size=(h, w))
     result.fp32_noise_floor = floor.agreement
-    result.photos = result.photos or choice.description
+    result.photos = result.photos or floor.photos
     result.noise_floor_measured = f"{dt.date.today().isoformat()} {git_commit()}"
 
 
 def noise_floor_model(model_id: str, opts: SweepOptions, log) -> ModelResult:
     """``--noise-floor-only``: a result that carries nothing but the model's noise floor."""
-    from espnet_mobile.zoo import get_entry
-
-    entry = get_entry(model_id)
-    h, w = opts.input_size or (entry.input_height, entry.input_width)
-    result = ModelResult(model_id, f"{h}x{w}", dt.date.today().isoformat(), git_commit())
+    result = ModelResult(model_id, _input_size(model_id, opts), dt.date.today().isoformat(), git_commit())
     start = time.perf_counter()
     try:
         measure_noise_floor(result, opts, log)
