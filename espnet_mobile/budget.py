@@ -145,8 +145,17 @@ def choose(quantizable: torch.nn.Module, reference: torch.nn.Module, backend: st
             layers = S.conv_layers(gm)
             with tqdm(total=len(layers), desc=f"ranking {len(layers)} convs ({backend})", unit="layer",
                       leave=False, disable=None) as bar:
+                ranking_started = time.perf_counter()
+
+                def progress(done: int, total: int, _row) -> None:
+                    bar.update(1)
+                    if bar.disable and (done == total or done % max(1, total // 10) == 0):
+                        # no terminal (a log file, CI): a line every tenth, as the ranking can take half an hour
+                        log(f"  ranking convs ({backend}): {done}/{total} in float one at a time, "
+                            f"{time.perf_counter() - ranking_started:.0f} s")
+
                 _, rows = S.scan(gm, layers, scorer_for(ranking, entry, reference), rank=metric,
-                                 progress=lambda *_: bar.update(1))
+                                 progress=progress)
             state["rows"] = rows
             choice.ranked = [(r.module, float(r.macs_share)) for r in rows]
         rows = state["rows"]

@@ -49,6 +49,20 @@ def test_tight_budget_puts_the_outlier_layer_in_float_first() -> None:
     assert entry["met"] and entry["float_layers"] == choice.layers
 
 
+def test_ranking_reports_progress_in_a_log(capsys) -> None:
+    """Without a terminal the progress bar is off; the ranking must still say how far it is."""
+    net = OutlierNet().eval()
+    calib = _inputs(8, seed=1)
+    loose = BU.choose(net, net, "xnnpack", calib, _data(), 100.0, ENTRY, log=lambda m: None)
+    lines: list[str] = []
+    choice = BU.choose(net, net, "xnnpack", calib, _data(), (100.0 - loose.int8_all) / 4, ENTRY, log=lines.append)
+    ranking = [line for line in lines if "ranking convs" in line]
+    total = len(choice.ranked)
+    assert total > 0 and ranking, lines
+    assert ranking[-1].split("): ")[1].startswith(f"{total}/{total} ")
+    assert "ranking" not in capsys.readouterr().err  # no bar drawn into a captured stream
+
+
 def test_budget_needs_photos_or_labels() -> None:
     from espnet_mobile.errors import UserError
 
