@@ -10,6 +10,11 @@ the budget. The backend then keeps those layers in float (fp32 islands for XNNPA
 LiteRT; Core ML computes its float parts in fp16), and the artifact itself is measured on
 the same photos: it must meet the budget, or ``convert`` adds the next layers and tries
 again, and in the end fails with how far it is rather than leaving a poor artifact.
+
+Before ranking, every convolution is put in float at once: that is the most float
+convolutions can recover. When even that misses the budget, the loss is in the int8
+tensors between convolutions (the input, sums, concatenations), and the request fails
+at once instead of after a ranking that can take half an hour.
 """
 
 from __future__ import annotations
@@ -108,6 +113,8 @@ class Choice:
     shares: list[float] = field(default_factory=list)  # each layer's share of the conv MACs
     ranked: list[tuple[str, float]] = field(default_factory=list)  # every layer (module, MAC share), best first
     seconds: float = 0.0
+    ceiling: float | None = None  # simulated, every conv in float (only measured when all-int8 misses)
+    unreachable: str | None = None  # why no set of float convs can meet the budget
     # more(target): add ranked layers until the simulated figure reaches ``target``; None once done
     more: Callable[[float], bool] | None = field(default=None, repr=False, compare=False)
 
@@ -175,7 +182,14 @@ def choose(quantizable: torch.nn.Module, reference: torch.nn.Module, backend: st
 
     choice.more = more
     if fp32 - int8_all > budget:
-        more(fp32 - budget)
+        every = S.conv_layers(gm)
+        choice.ceiling = round(points(scorer(S.with_layers_in_float(gm, [layer.node for layer in every])), metric), 4)
+        log(f"  all {len(every)} convs in float: simulated {choice.ceiling:.2f}")
+        if fp32 - choice.ceiling > budget:
+            choice.unreachable = describe_ceiling(choice, len(every))
+            choice.more = None
+        else:
+            more(fp32 - budget)
     choice.seconds = round(time.perf_counter() - start, 1)
     return choice
 
@@ -216,6 +230,17 @@ def manifest_entry(choice: Choice, measured: float | None, runtime: str | None) 
         "met": loss is not None and loss <= choice.budget,
         "float_layers": list(choice.layers), "float_macs_share": round(choice.macs_share, 5),
     }
+
+
+def describe_ceiling(choice: Choice, convs: int) -> str:
+    """Why no float convolutions can meet the budget, and what can."""
+    loss = choice.fp32 - choice.ceiling
+    return (f"int8 cannot meet --int8-budget {choice.budget:g} by float layers: with all {convs} convolutions in "
+            f"float the simulation still loses {loss:.2f} {_unit(choice.metric)} points on {choice.data} "
+            f"({loss - choice.budget:.2f} over; all-int8 loses {choice.fp32 - choice.int8_all:.2f}). The rest is "
+            "lost in the int8 tensors between convolutions (the input, sums, concatenations), which float "
+            f"convolutions do not remove; allow at least {loss:.2f} points, fine-tune with python -m "
+            "espnet_mobile.qat, or convert to fp16 or fp32")
 
 
 def describe_miss(label: str, choice: Choice, measured: float) -> str:

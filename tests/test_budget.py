@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from espnet_mobile import budget as BU
 from espnet_mobile import convert
@@ -61,6 +62,48 @@ def test_ranking_reports_progress_in_a_log(capsys) -> None:
     assert total > 0 and ranking, lines
     assert ranking[-1].split("): ")[1].startswith(f"{total}/{total} ")
     assert "ranking" not in capsys.readouterr().err  # no bar drawn into a captured stream
+
+
+class TieNet(torch.nn.Module):
+    """One 1x1 conv whose two logits are +-(x0 - x1): its decision hangs on a difference far below one input
+    level, which rounding the int8 input erases whether or not the conv itself runs in float."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.0]]).reshape(2, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def _tie_inputs(n: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        x = torch.rand(1, 3, 16, 16, generator=g)
+        sign = torch.where(torch.rand(1, 1, 16, 16, generator=g) < 0.5, -1.0, 1.0)
+        x[:, 1:2] = (x[:, 0:1] + 1e-4 * sign).clamp(0.0, 1.0)  # 1e-4: a 40th of one 8-bit level
+        out.append(x)
+    return out
+
+
+def test_budget_no_float_conv_can_meet_fails_before_ranking() -> None:
+    """The loss is in the int8 input, not in a conv: the choice must say so at once, with figures, and rank
+    nothing (on a real model the ranking is the half-hour part)."""
+    net = TieNet().eval()
+    entry = SimpleNamespace(num_classes=2, data=SimpleNamespace(void_index=None))
+    data = BU.BudgetData(_tie_inputs(4, seed=5), [None] * 4, "4 tie inputs")
+    lines: list[str] = []
+    choice = BU.choose(net, net, "xnnpack", _tie_inputs(8, seed=6), data, 5.0, entry, log=lines.append)
+    assert 100.0 - choice.int8_all > 20.0, "int8 must lose the ties for this test to mean anything"
+    assert choice.ceiling is not None and 100.0 - choice.ceiling > 20.0
+    assert choice.unreachable is not None and choice.more is None
+    assert "with all 1 convolutions in float the simulation still loses" in choice.unreachable
+    assert f"allow at least {100.0 - choice.ceiling:.2f} points" in choice.unreachable
+    assert choice.ranked == [] and choice.layers == []
+    assert not any("ranking convs" in line for line in lines)
 
 
 def test_budget_needs_photos_or_labels() -> None:
@@ -136,3 +179,25 @@ def test_artifact_missing_its_budget_fails_with_how_far_and_is_removed(small, tm
     assert not list(bundle.glob("*.pte")) and not list(bundle.glob("*.bpte"))
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["artifacts"] == []
+
+
+def test_convert_stops_an_unreachable_budget_without_converting(small, tmp_path: Path, capsys,
+                                                                 monkeypatch) -> None:
+    """convert turns an unreachable choice into exit 2 with the reason, and converts and writes no int8 artifact."""
+    def unreachable(quantizable, reference, backend, calibration, data, budget, entry, log=print, refine=None):
+        choice = BU.Choice(backend, "agreement", budget, data.description, len(data.inputs), 100.0, 80.0, 80.0)
+        choice.ceiling = 85.0
+        choice.unreachable = BU.describe_ceiling(choice, 7)
+        return choice
+
+    def no_conversion(pending, *args, **kwargs):
+        assert pending == [], "an unreachable budget must not be converted"
+        return iter(())
+
+    monkeypatch.setattr(BU, "choose", unreachable)
+    monkeypatch.setattr(convert, "run_pending", no_conversion)
+    assert _budget_convert(small, tmp_path, "3") == 2
+    err = capsys.readouterr().err
+    assert "int8 cannot meet --int8-budget 3 by float layers" in err and "loses 15.00 agreement % points" in err
+    assert "(12.00 over; all-int8 loses 20.00)" in err
+    assert not list(tmp_path.rglob("*.pte"))
