@@ -12,9 +12,11 @@ the same photos: it must meet the budget, or ``convert`` adds the next layers an
 again, and in the end fails with how far it is rather than leaving a poor artifact.
 
 Before ranking, every convolution is put in float at once: that is the most float
-convolutions can recover. When even that misses the budget, the loss is in the int8
-tensors between convolutions (the input, sums, concatenations), and the request fails
-at once instead of after a ranking that can take half an hour.
+convolutions can recover. When even that misses the budget in simulation, the loss is in
+the int8 tensors between convolutions (the input, sums, concatenations): nothing is
+ranked (on a 512x1024 ESPNet the ranking alone takes half an hour), the artifact is
+converted once with every convolution in float and measured, and it fails with both
+figures unless the artifact does better than its simulation.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ class Choice:
     ranked: list[tuple[str, float]] = field(default_factory=list)  # every layer (module, MAC share), best first
     seconds: float = 0.0
     ceiling: float | None = None  # simulated, every conv in float (only measured when all-int8 misses)
-    unreachable: str | None = None  # why no set of float convs can meet the budget
+    every_conv: bool = False  # the ceiling missed too: every conv is in float, unranked
     # more(target): add ranked layers until the simulated figure reaches ``target``; None once done
     more: Callable[[float], bool] | None = field(default=None, repr=False, compare=False)
 
@@ -186,8 +188,14 @@ def choose(quantizable: torch.nn.Module, reference: torch.nn.Module, backend: st
         choice.ceiling = round(points(scorer(S.with_layers_in_float(gm, [layer.node for layer in every])), metric), 4)
         log(f"  all {len(every)} convs in float: simulated {choice.ceiling:.2f}")
         if fp32 - choice.ceiling > budget:
-            choice.unreachable = describe_ceiling(choice, len(every))
+            # No float set can reach the budget in simulation: skip the ranking, measure the ceiling itself.
+            choice.every_conv = True
             choice.more = None
+            choice.layers = list(dict.fromkeys(layer.module for layer in every))
+            choice.shares = [round(float(sum(la.share for la in every if la.module == m)), 5) for m in choice.layers]
+            choice.simulated = choice.ceiling
+            log(f"  that misses the budget too ({fp32 - choice.ceiling:.2f} points lost): no ranking; the artifact is "
+                "converted with every conv in float and measured")
         else:
             more(fp32 - budget)
     choice.seconds = round(time.perf_counter() - start, 1)
@@ -232,20 +240,16 @@ def manifest_entry(choice: Choice, measured: float | None, runtime: str | None) 
     }
 
 
-def describe_ceiling(choice: Choice, convs: int) -> str:
-    """Why no float convolutions can meet the budget, and what can."""
-    loss = choice.fp32 - choice.ceiling
-    return (f"int8 cannot meet --int8-budget {choice.budget:g} by float layers: with all {convs} convolutions in "
-            f"float the simulation still loses {loss:.2f} {_unit(choice.metric)} points on {choice.data} "
-            f"({loss - choice.budget:.2f} over; all-int8 loses {choice.fp32 - choice.int8_all:.2f}). The rest is "
-            "lost in the int8 tensors between convolutions (the input, sums, concatenations), which float "
-            f"convolutions do not remove; allow at least {loss:.2f} points, fine-tune with python -m "
-            "espnet_mobile.qat, or convert to fp16 or fp32")
-
-
 def describe_miss(label: str, choice: Choice, measured: float) -> str:
     loss = choice.fp32 - measured
-    return (f"{label} int8 misses --int8-budget {choice.budget:g}: it loses {loss:.2f} {_unit(choice.metric)} "
+    head = (f"{label} int8 misses --int8-budget {choice.budget:g}: it loses {loss:.2f} {_unit(choice.metric)} "
             f"points on {choice.data} ({loss - choice.budget:.2f} over) with {len(choice.layers)} convs in float "
-            f"({choice.macs_share:.1%} of conv MACs); allow more points, or fine-tune with python -m "
-            "espnet_mobile.qat and convert with --qat-checkpoint")
+            f"({choice.macs_share:.1%} of conv MACs)")
+    if choice.every_conv:
+        return (f"{head}, every convolution it has (all-int8 simulated {choice.fp32 - choice.int8_all:.2f} points "
+                "lost). The rest is lost in the int8 tensors between convolutions (the input, sums, "
+                f"concatenations), which float convolutions do not remove: allow at least {loss:.2f} points, "
+                "fine-tune with python -m espnet_mobile.qat and convert with --qat-checkpoint, or convert to fp16 "
+                "or fp32")
+    return (f"{head}; allow more points, or fine-tune with python -m espnet_mobile.qat and convert with "
+            "--qat-checkpoint")

@@ -426,10 +426,6 @@ def _convert(opts: ConvertOptions, log) -> tuple[Path, list[dict], list[str], di
                 budget_data = _budget_data(opts, entry, height, width)
             choice = _budget_choice(backend, job, choices, module, deployable, calibration, budget_data, opts,
                                     entry, log)
-            if choice.unreachable is not None:
-                problems.append(f"{job.label} {choice.unreachable}")
-                log(f"{prefix}: failed - {choice.unreachable}")
-                continue
             if choice.layers:
                 options[backend.float_layers_option] = list(choice.layers)
         request = ConversionRequest(

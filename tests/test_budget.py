@@ -89,9 +89,9 @@ def _tie_inputs(n: int, seed: int) -> list[torch.Tensor]:
     return out
 
 
-def test_budget_no_float_conv_can_meet_fails_before_ranking() -> None:
-    """The loss is in the int8 input, not in a conv: the choice must say so at once, with figures, and rank
-    nothing (on a real model the ranking is the half-hour part)."""
+def test_budget_no_float_conv_can_meet_skips_the_ranking() -> None:
+    """The loss is in the int8 input, not in a conv: the choice must rank nothing (on a real model the ranking is
+    the half-hour part), put every conv in float for one measured attempt, and its miss must say why."""
     net = TieNet().eval()
     entry = SimpleNamespace(num_classes=2, data=SimpleNamespace(void_index=None))
     data = BU.BudgetData(_tie_inputs(4, seed=5), [None] * 4, "4 tie inputs")
@@ -99,11 +99,13 @@ def test_budget_no_float_conv_can_meet_fails_before_ranking() -> None:
     choice = BU.choose(net, net, "xnnpack", _tie_inputs(8, seed=6), data, 5.0, entry, log=lines.append)
     assert 100.0 - choice.int8_all > 20.0, "int8 must lose the ties for this test to mean anything"
     assert choice.ceiling is not None and 100.0 - choice.ceiling > 20.0
-    assert choice.unreachable is not None and choice.more is None
-    assert "with all 1 convolutions in float the simulation still loses" in choice.unreachable
-    assert f"allow at least {100.0 - choice.ceiling:.2f} points" in choice.unreachable
-    assert choice.ranked == [] and choice.layers == []
-    assert not any("ranking convs" in line for line in lines)
+    assert choice.every_conv and choice.more is None
+    assert choice.layers == ["conv"] and choice.macs_share == pytest.approx(1.0)
+    assert choice.simulated == choice.ceiling
+    assert choice.ranked == [] and not any("ranking convs" in line for line in lines)
+    message = BU.describe_miss("executorch", choice, choice.ceiling)
+    assert "with 1 convs in float (100.0% of conv MACs), every convolution it has" in message
+    assert f"allow at least {100.0 - choice.ceiling:.2f} points" in message
 
 
 def test_budget_needs_photos_or_labels() -> None:
@@ -181,23 +183,28 @@ def test_artifact_missing_its_budget_fails_with_how_far_and_is_removed(small, tm
     assert manifest["artifacts"] == []
 
 
-def test_convert_stops_an_unreachable_budget_without_converting(small, tmp_path: Path, capsys,
-                                                                 monkeypatch) -> None:
-    """convert turns an unreachable choice into exit 2 with the reason, and converts and writes no int8 artifact."""
-    def unreachable(quantizable, reference, backend, calibration, data, budget, entry, log=print, refine=None):
-        choice = BU.Choice(backend, "agreement", budget, data.description, len(data.inputs), 100.0, 80.0, 80.0)
-        choice.ceiling = 85.0
-        choice.unreachable = BU.describe_ceiling(choice, 7)
+@pytest.mark.slow  # one int8 conversion
+def test_every_conv_in_float_is_converted_once_and_its_miss_explained(small, tmp_path: Path, capsys,
+                                                                    monkeypatch) -> None:
+    """A choice with every conv in float is converted once and measured, not retried; its miss names the
+    reason, and the artifact does not stay."""
+    def ceiling(quantizable, reference, backend, calibration, data, budget, entry, log=print, refine=None):
+        choice = BU.Choice(backend, "agreement", budget, data.description, len(data.inputs), 100.0, 80.0, 85.0)
+        choice.ceiling, choice.every_conv = 85.0, True
         return choice
 
-    def no_conversion(pending, *args, **kwargs):
-        assert pending == [], "an unreachable budget must not be converted"
-        return iter(())
+    measured: list[Path] = []
 
-    monkeypatch.setattr(BU, "choose", unreachable)
-    monkeypatch.setattr(convert, "run_pending", no_conversion)
+    def poor(target, delegate, path, record, data, entry, reference):
+        measured.append(Path(path))
+        return 84.0, "executorch-python"
+
+    monkeypatch.setattr(BU, "choose", ceiling)
+    monkeypatch.setattr(BU, "measure_artifact", poor)
     assert _budget_convert(small, tmp_path, "3") == 2
+    assert len(measured) == 1, "every conv is already in float: nothing to retry with"
     err = capsys.readouterr().err
-    assert "int8 cannot meet --int8-budget 3 by float layers" in err and "loses 15.00 agreement % points" in err
-    assert "(12.00 over; all-int8 loses 20.00)" in err
-    assert not list(tmp_path.rglob("*.pte"))
+    assert "misses --int8-budget 3: it loses 16.00 agreement % points" in err and "(13.00 over)" in err
+    assert "every convolution it has (all-int8 simulated 20.00 points lost)" in err
+    assert "allow at least 16.00 points" in err
+    assert not list(tmp_path.rglob("*.pte")) and not list(tmp_path.rglob("*.bpte"))
