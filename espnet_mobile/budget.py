@@ -116,9 +116,13 @@ class Choice:
     ranked: list[tuple[str, float]] = field(default_factory=list)  # every layer (module, MAC share), best first
     seconds: float = 0.0
     ceiling: float | None = None  # simulated, every conv in float (only measured when all-int8 misses)
-    every_conv: bool = False  # the ceiling missed too: every conv is in float, unranked
     # more(target): add ranked layers until the simulated figure reaches ``target``; None once done
     more: Callable[[float], bool] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def every_conv(self) -> bool:
+        """Even every conv in float missed the budget in simulation: all of them are in float, unranked."""
+        return self.ceiling is not None and self.fp32 - self.ceiling > self.budget
 
     @property
     def macs_share(self) -> float:
@@ -182,21 +186,20 @@ def choose(quantizable: torch.nn.Module, reference: torch.nn.Module, backend: st
                 break
         return added
 
-    choice.more = more
     if fp32 - int8_all > budget:
         every = S.conv_layers(gm)
         choice.ceiling = round(points(scorer(S.with_layers_in_float(gm, [layer.node for layer in every])), metric), 4)
         log(f"  all {len(every)} convs in float: simulated {choice.ceiling:.2f}")
-        if fp32 - choice.ceiling > budget:
-            # No float set can reach the budget in simulation: skip the ranking, measure the ceiling itself.
-            choice.every_conv = True
-            choice.more = None
-            choice.layers = list(dict.fromkeys(layer.module for layer in every))
-            choice.shares = [round(float(sum(la.share for la in every if la.module == m)), 5) for m in choice.layers]
-            choice.simulated = choice.ceiling
-            log(f"  that misses the budget too ({fp32 - choice.ceiling:.2f} points lost): no ranking; the artifact is "
-                "converted with every conv in float and measured")
-        else:
+    if choice.every_conv:
+        # No float set can reach the budget in simulation: skip the ranking, measure the ceiling itself.
+        choice.layers = list(dict.fromkeys(layer.module for layer in every))
+        choice.shares = [round(float(sum(la.share for la in every if la.module == m)), 5) for m in choice.layers]
+        choice.simulated = choice.ceiling
+        log(f"  that misses the budget too ({fp32 - choice.ceiling:.2f} points lost): no ranking; the artifact is "
+            "converted with every conv in float and measured")
+    else:
+        choice.more = more
+        if fp32 - int8_all > budget:
             more(fp32 - budget)
     choice.seconds = round(time.perf_counter() - start, 1)
     return choice
