@@ -96,6 +96,37 @@ def calibration_batches(calibration: Sequence[torch.Tensor], example: torch.Tens
     return batches
 
 
+#: Calibration inputs on which a converter that tries several quantizers scores each one's int8 graph.
+CHOICE_INPUTS = 8
+
+
+def most_agreeing(names: Sequence[str], build: Callable[[str], tuple[torch.nn.Module, dict[str, Any]]],
+                  reference: torch.nn.Module, inputs: Sequence[torch.Tensor],
+                  ) -> tuple[str, torch.nn.Module, dict[str, Any], dict[str, float]]:
+    """Build the int8 graph of each name and keep the one whose per-pixel argmax agrees best with
+    ``reference`` on ``inputs`` (a tie keeps the earlier name).
+
+    No single quantizer setting wins for every model, so a converter that offers several measures
+    them; whatever simulates that converter must choose the same way. Returns the chosen name, its
+    graph and build info, and every name's agreement in percent.
+    """
+    if not names or not inputs:
+        raise ValueError("most_agreeing needs at least one name and one input")
+    with torch.no_grad():
+        expected = [reference(x).argmax(1) for x in inputs]
+    best: tuple[str, torch.nn.Module, dict[str, Any]] | None = None
+    agreement: dict[str, float] = {}
+    for name in names:
+        graph, info = build(name)
+        with torch.no_grad():
+            same = sum(float((graph(x).argmax(1) == e).float().mean()) for x, e in zip(inputs, expected, strict=True))
+        agreement[name] = round(100.0 * same / len(inputs), 4)
+        if best is None or agreement[name] > agreement[best[0]]:
+            best = (name, graph, info)
+    assert best is not None
+    return best[0], best[1], best[2], agreement
+
+
 @contextlib.contextmanager
 def atomic_output(final_path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final_path``; rename it into place on success.
@@ -279,6 +310,10 @@ class Backend:
     # ConversionRequest.options key naming module paths an int8 artifact keeps in float (``convert
     # --int8-budget`` fills it); None: the backend cannot keep chosen layers in float.
     float_layers_option: str | None = None
+    # The post-training quantizers the converter chooses between, by name, each built fresh; it keeps the
+    # one whose int8 graph agrees best with float (:func:`most_agreeing` on the first CHOICE_INPUTS
+    # calibration inputs). None: ``quantizer(False)`` alone.
+    ptq_quantizers: Callable[[], dict[str, Any]] | None = None
 
     @property
     def default_delegate(self) -> str:

@@ -140,7 +140,9 @@ def choose(quantizable: torch.nn.Module, reference: torch.nn.Module, backend: st
 
     start = time.perf_counter()
     shape = tuple(data.inputs[0].shape)
-    gm, _ = S.quantized_graph(quantizable, backend, [c.reshape(shape) for c in calibration], refine=refine)
+    gm, info = S.quantized_graph(quantizable, backend, [c.reshape(shape) for c in calibration], refine=refine)
+    if "quantizer" in info:
+        log(f"int8 budget ({backend}): simulated with the converter's choice, {S.chosen_quantizer(info)}")
     metric = data.metric
     scorer = scorer_for(data, entry, reference)
     fp32 = points(scorer(reference), metric)

@@ -191,22 +191,53 @@ def quantized_graph(deployable: torch.nn.Module, backend: str, calibration: Sequ
     """``deployable`` quantized for ``backend`` as ``convert`` does PTQ, as a converted PT2E graph.
 
     ``refine`` narrows activation ranges by the logit error after calibration, as the
-    converters do when asked.
+    converters do when asked. A backend whose converter tries several quantizers (Core ML's
+    min/max and histogram activation ranges) is simulated with the one it would keep: the
+    wrong one put Core ML's simulation of the Cityscapes ESPNets 14-50 points below its artifacts.
     """
-    from torchao.quantization.pt2e import move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
     import converters
+    from converters.base import CHOICE_INPUTS, most_agreeing
 
     example = calibration[0]
     captured = torch.export.export(deployable.eval(), (example,), strict=False).module()
-    info: dict[str, Any] = {"backend": backend}
     try:
         chosen = converters.for_qat(backend)
     except converters.UnknownBackendError as err:
         raise UserError(str(err)) from None
-    quantizer = chosen.quantizer(False)
     keep = chosen.qat_float_nodes(captured) if chosen.qat_float_nodes is not None else []
+
+    def build(quantizer: Any) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
+        return _calibrated(copy.deepcopy(captured), quantizer, keep, calibration, refine, log)
+
+    if chosen.ptq_quantizers is None:
+        gm, info = build(chosen.quantizer(False))
+    else:
+        quantizers = chosen.ptq_quantizers()
+        name, gm, info, agreement = most_agreeing(list(quantizers), lambda n: build(quantizers[n]), deployable,
+                                                  list(calibration[:CHOICE_INPUTS]))
+        info.update(quantizer=name, quantizer_agreement=agreement)
+    info["backend"] = backend
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    with torch.no_grad():
+        ShapeProp(gm).propagate(example)  # tensor shapes for the MAC counts
+    return gm, info
+
+
+def chosen_quantizer(info: dict[str, Any]) -> str:
+    """The quantizer :func:`quantized_graph` kept, with the agreement of each it tried."""
+    tried = ", ".join(f"{name} {value:.2f}%" for name, value in info["quantizer_agreement"].items())
+    return f"{info['quantizer']} (agreement with float on the first calibration inputs: {tried})"
+
+
+def _calibrated(captured: torch.fx.GraphModule, quantizer: Any, keep: Sequence[str],
+                calibration: Sequence[torch.Tensor], refine: RangeRefinement | None,
+                log: Callable[[str], None] | None) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
+    """``captured`` prepared with ``quantizer`` (``keep`` left in float), calibrated and converted."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    info: dict[str, Any] = {}
     if keep:  # the nodes the converter keeps in float after calibration
         kept = frozenset(keep)
         quantizer.set_filter_function(lambda node: node.name not in kept)
@@ -221,10 +252,6 @@ def quantized_graph(deployable: torch.nn.Module, backend: str, calibration: Sequ
         info["range_refinement"] = refine_activation_ranges(prepared, calibration, refine, log=log).as_dict()
     gm = convert_pt2e(prepared, fold_quantize=False)
     move_exported_model_to_eval(gm)
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    with torch.no_grad():
-        ShapeProp(gm).propagate(example)  # tensor shapes for the MAC counts
     return gm, info
 
 
@@ -260,6 +287,7 @@ class Scan:
     rank: str
     rows: list[Row] = field(default_factory=list)
     seconds: float = 0.0
+    quantizer: str | None = None  # the one the converter keeps, for a backend that tries several
 
 
 class Scorer:
@@ -366,6 +394,8 @@ def run(args: argparse.Namespace, log=print) -> Scan:
     refine = RangeRefinement() if args.int8_refine_ranges else None
     gm, info = quantized_graph(quantizable, args.backend, [c.reshape(1, 3, height, width) for c in calib],
                                refine=refine, log=log if args.verbose else None)
+    if "quantizer" in info:
+        log(f"{args.backend} quantizer: {chosen_quantizer(info)}")
     if refine is not None:
         r = info["range_refinement"]
         log(f"range refinement: {len(r['narrowed'])} activation ranges narrowed, logit MSE "
@@ -400,7 +430,7 @@ def run(args: argparse.Namespace, log=print) -> Scan:
     result = Scan(entry.model_id, args.backend, spec.describe(), args.split, len(inputs), len(calib),
                   [height, width], fp32, base, info.get("float_nodes", {}),
                   "miou" if args.rank == "miou" and base.miou is not None else "agreement", rows,
-                  round(time.perf_counter() - start, 1))
+                  round(time.perf_counter() - start, 1), info.get("quantizer"))
     return result
 
 

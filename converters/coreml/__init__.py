@@ -37,7 +37,7 @@ from __future__ import annotations
 from converters.base import Backend, RuntimeSpec
 from converters.coreml.conversion import convert
 from converters.coreml.mil import iter_mil_ops, mil_dtype_counts, mil_op_counts
-from converters.coreml.quantize import coreml_quantizer, quantize_choosing_observer, quantize_pt2e
+from converters.coreml.quantize import OBSERVERS, coreml_quantizer, quantize_choosing_observer, quantize_pt2e
 from converters.coreml.toolchain import tool_versions as _tool_versions
 
 
@@ -48,6 +48,10 @@ def _versions(_delegate: str, precision: str) -> dict[str, str]:
 def _simulate_int8(module, example, calibration):
     converted, _ = quantize_choosing_observer(module, example, calibration)  # as the converter does
     return converted
+
+
+def _ptq_quantizers() -> dict:
+    return {observer: coreml_quantizer(activation_observer=observer) for observer in OBSERVERS}
 
 
 def _runtimes() -> list[RuntimeSpec]:
@@ -66,6 +70,7 @@ BACKEND = Backend(
     # 5: int8 activation ranges from min/max or histograms, whichever agrees better with float
     writer_version=5,
     quantizer=lambda qat: coreml_quantizer(is_qat=qat), simulate_int8=_simulate_int8, qat_name="coreml",
+    ptq_quantizers=_ptq_quantizers,
     runtimes=_runtimes, debugger="converters.coreml.debugger", float_layers_option="float_modules",
 )
 

@@ -14,8 +14,10 @@ from typing import Any
 import torch
 
 from converters.base import (
+    CHOICE_INPUTS,
     ConversionError,
     calibration_batches,
+    most_agreeing,
 )
 from converters.coreml.toolchain import _CALIBRATION_FIX, _require_torchao
 from converters.range_refinement import RangeRefinement, refine_activation_ranges
@@ -464,7 +466,7 @@ def quantize_choosing_observer(
     calibration: Sequence[torch.Tensor] | None,
     *,
     float_modules: Sequence[str] = (),
-    scored: int = 8,
+    scored: int = CHOICE_INPUTS,
     refine: RangeRefinement | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Quantize with each activation observer and keep the one whose int8 graph agrees best with
@@ -478,22 +480,13 @@ def quantize_choosing_observer(
     if not batches:
         raise ConversionError(f"int8 Core ML conversion needs calibration data or a QAT model: {_CALIBRATION_FIX}")
     held = batches[:scored]
-    with torch.no_grad():
-        reference = [module(x).argmax(1) for x in held]
-    best: tuple[str, torch.nn.Module, dict[str, Any]] | None = None
-    agreement: dict[str, float] = {}
     started = time.perf_counter()
-    for observer in OBSERVERS:
+
+    def build(observer: str) -> tuple[torch.nn.Module, dict[str, Any]]:
         quantizer = coreml_quantizer(activation_observer=observer, float_modules=float_modules)
-        quantized, info = quantize_pt2e(module, example_input, calibration=batches, quantizer=quantizer,
-                                        refine=refine)
-        with torch.no_grad():
-            same = sum(float((quantized(x).argmax(1) == r).float().mean())
-                       for x, r in zip(held, reference, strict=True))
-        agreement[observer] = round(100.0 * same / len(held), 4)
-        if best is None or agreement[observer] > agreement[best[0]]:  # a tie keeps the earlier
-            best = (observer, quantized, info)
-    chosen, quantized, info = best
+        return quantize_pt2e(module, example_input, calibration=batches, quantizer=quantizer, refine=refine)
+
+    chosen, quantized, info, agreement = most_agreeing(OBSERVERS, build, module, held)
     info = {**info, "activation_observer": chosen, "observer_agreement": agreement, "observer_inputs": len(held),
             "seconds": round(time.perf_counter() - started, 3)}
     return quantized, info
