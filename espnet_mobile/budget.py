@@ -116,6 +116,7 @@ class Choice:
     ranked: list[tuple[str, float]] = field(default_factory=list)  # every layer (module, MAC share), best first
     seconds: float = 0.0
     ceiling: float | None = None  # simulated, every conv in float (only measured when all-int8 misses)
+    quantizer: str | None = None  # the simulated quantizer, for a converter that keeps the best of several
     # more(target): add ranked layers until the simulated figure reaches ``target``; None once done
     more: Callable[[float], bool] | None = field(default=None, repr=False, compare=False)
 
@@ -148,7 +149,7 @@ def choose(quantizable: torch.nn.Module, reference: torch.nn.Module, backend: st
     fp32 = points(scorer(reference), metric)
     int8_all = points(scorer(gm), metric)
     choice = Choice(backend, metric, budget, data.description, len(data.inputs), round(fp32, 4),
-                    round(int8_all, 4), round(int8_all, 4))
+                    round(int8_all, 4), round(int8_all, 4), quantizer=info.get("quantizer"))
     log(f"int8 budget ({backend}): {_unit(metric)} fp32 {fp32:.2f}, all-int8 {int8_all:.2f} on "
         f"{data.description} (budget {budget:g} points)")
     state: dict[str, Any] = {"graph": gm, "rows": None}
@@ -242,6 +243,7 @@ def manifest_entry(choice: Choice, measured: float | None, runtime: str | None) 
         "measured": None if measured is None else round(measured, 4), "runtime": runtime, "loss": loss,
         "met": loss is not None and loss <= choice.budget,
         "float_layers": list(choice.layers), "float_macs_share": round(choice.macs_share, 5),
+        "simulated_quantizer": choice.quantizer,
     }
 
 

@@ -5,7 +5,9 @@
 
 The model is quantized the way ``convert`` does post-training int8 for the backend
 (int8 equalization, then PT2E with the backend's quantizer and its automatic float
-layers, calibrated on frames spread over the data's ``train`` split, each also mirrored), once.
+layers, calibrated on frames spread over the data's ``train`` split, each also mirrored), once;
+for Core ML, whose converter calibrates with min/max and with histogram activation ranges, with
+the one it keeps (the better agreement with float on the first 8 calibration inputs).
 The converted PT2E graph simulates int8 in PyTorch (quantize/dequantize pairs around
 float ops). Then, one convolution at a time, that layer is put back in float: its
 weight is read unquantized and it computes in float from its int8 input; its output is

@@ -12,7 +12,7 @@ import torch
 
 from espnet_mobile import budget as BU
 from espnet_mobile import convert
-from tests.test_sensitivity import OutlierNet, _inputs
+from tests.test_sensitivity import OutlierNet, _inputs, stray_value_case
 
 pytest.importorskip("executorch")
 pytest.importorskip("torchao")
@@ -48,6 +48,17 @@ def test_tight_budget_puts_the_outlier_layer_in_float_first() -> None:
     assert 0.0 < choice.macs_share <= 1.0
     entry = BU.manifest_entry(choice, choice.simulated, "test")
     assert entry["met"] and entry["float_layers"] == choice.layers
+
+
+def test_coreml_budget_simulates_and_records_the_quantizer_its_converter_keeps() -> None:
+    net, calibration = stray_value_case()
+    entry = SimpleNamespace(num_classes=4, data=SimpleNamespace(void_index=None))
+    data = BU.BudgetData(calibration[1:5], [None] * 4, "4 random inputs")
+    lines: list[str] = []
+    choice = BU.choose(net, net, "coreml", calibration, data, 100.0, entry, log=lines.append)
+    assert choice.quantizer == "histogram"
+    assert any("converter's choice, histogram" in line for line in lines)
+    assert BU.manifest_entry(choice, None, None)["simulated_quantizer"] == "histogram"
 
 
 def test_ranking_reports_progress_in_a_log(capsys) -> None:

@@ -171,20 +171,28 @@ def test_calibration_frames_are_spread_over_the_split_as_convert_picks_them(tmp_
     assert S._frames(spec, "train", None, spread=True) == S._frames(spec, "train", None)
 
 
+def stray_value_case() -> tuple[nn.Module, list[torch.Tensor]]:
+    """A conv and calibration inputs on which Core ML's converter keeps histogram ranges over min/max.
+
+    One stray value among 390,000: min/max spreads the input's 256 levels over [0, 30]; the histogram
+    range clips it (a large tensor is needed: a histogram range minimises the squared error over all values).
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(4)
+        net = nn.Conv2d(3, 4, 1).eval()
+    g = torch.Generator().manual_seed(5)
+    calibration = [torch.rand(1, 3, 128, 128, generator=g) for _ in range(8)]
+    calibration[0][0, 0, 0, 0] = 30.0
+    return net, calibration
+
+
 def test_coreml_is_simulated_with_the_activation_ranges_its_converter_keeps():
     """Core ML's converter calibrates with min/max and with histogram ranges and keeps the one that agrees
     better with float; the scan's and the budget's graph must be that one, not min/max alone (which put the
     Cityscapes ESPNets' simulation 14-50 points below their artifacts)."""
     from converters.coreml.quantize import quantize_choosing_observer
 
-    with torch.random.fork_rng():
-        torch.manual_seed(4)
-        net = nn.Conv2d(3, 4, 1).eval()
-    g = torch.Generator().manual_seed(5)
-    calibration = [torch.rand(1, 3, 128, 128, generator=g) for _ in range(8)]
-    # One stray value among 390,000: min/max spreads the input's 256 levels over [0, 30]; the histogram
-    # range clips it (a large tensor is needed: a histogram range minimises the squared error over all values).
-    calibration[0][0, 0, 0, 0] = 30.0
+    net, calibration = stray_value_case()
     gm, info = S.quantized_graph(net, "coreml", calibration)
     assert info["quantizer"] == "histogram"
     assert info["quantizer_agreement"]["histogram"] > info["quantizer_agreement"]["minmax"] + 1.0
